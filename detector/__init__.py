@@ -1,0 +1,1 @@
+"""YOLOX-style object detector: models, data, training and evaluation."""
