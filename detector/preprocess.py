@@ -83,9 +83,7 @@ def preprocess(
     return to_chw_float(canvas), ratio
 
 
-def boxes_to_original(
-    boxes: np.ndarray, ratio: float, original_hw: tuple[int, int]
-) -> np.ndarray:
+def boxes_to_original(boxes: np.ndarray, ratio: float, original_hw: tuple[int, int]) -> np.ndarray:
     """Map ``[N, 4]`` xyxy boxes from letterboxed input pixels back to the original image,
     clipped to its ``(height, width)``."""
     out = np.asarray(boxes, dtype=np.float32) / ratio
