@@ -1,0 +1,291 @@
+"""Training and evaluation plots (matplotlib, Agg backend: no display needed).
+
+- ``plot_metrics``: loss terms, mAP and lr per epoch from a run's ``metrics.csv``.
+- ``plot_pr_curves``: precision-recall per class at IoU 0.5 from COCOeval's precision array.
+- ``confusion_matrix`` / ``plot_confusion_matrix``: class confusion with a background row/col.
+- ``plot_predictions_grid``: images with predicted (solid) and ground-truth (dashed) boxes.
+
+Detections everywhere are ``[K, 6]`` (x1, y1, x2, y2, score, class index); ground truth is
+``[M, 5]`` (x1, y1, x2, y2, class index), both in the pixels of the image they belong to.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+import numpy as np  # noqa: E402
+
+from detector.boxes import box_iou_numpy  # noqa: E402
+
+LOGGER = logging.getLogger(__name__)
+
+_MAP_COLUMNS = ("mAP", "mAP50")
+_LR_COLUMNS = ("lr",)
+
+
+def _as_array(x: Any, width: int) -> np.ndarray:
+    """``ndarray | Tensor | None`` -> float ``[N, width]`` numpy array."""
+    if x is None:
+        return np.zeros((0, width))
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, width))
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise ValueError(f"expected an array of shape [N, {width}], got {list(arr.shape)}")
+    return arr
+
+
+def _save(fig: plt.Figure, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _read_metrics(csv_path: str | Path) -> tuple[list[float], dict[str, list[float]]]:
+    """``metrics.csv`` -> (epochs, column -> values with NaN where a row left it empty)."""
+    path = Path(csv_path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "epoch" not in reader.fieldnames:
+            raise ValueError(f"{path}: no 'epoch' column (found {reader.fieldnames})")
+        columns = [c for c in reader.fieldnames if c != "epoch"]
+        epochs: list[float] = []
+        values: dict[str, list[float]] = {c: [] for c in columns}
+        for row in reader:
+            epochs.append(float(row["epoch"]))
+            for c in columns:
+                cell = (row.get(c) or "").strip()
+                try:
+                    values[c].append(float(cell) if cell else math.nan)
+                except ValueError:
+                    values[c].append(math.nan)  # a non-numeric column (e.g. a time stamp)
+    return epochs, {c: v for c, v in values.items() if not all(math.isnan(x) for x in v)}
+
+
+def plot_metrics(csv_path: str | Path, out_png: str | Path) -> Path:
+    """One panel per loss term, one for mAP/mAP50 and one for lr, against the epoch.
+
+    ``csv_path``: a CSV with an ``epoch`` column and any of loss terms, ``mAP``, ``mAP50``,
+    ``lr`` (empty cells where a value was not measured, e.g. mAP between evaluations).
+    """
+    epochs, values = _read_metrics(csv_path)
+    losses = [c for c in values if c not in _MAP_COLUMNS + _LR_COLUMNS]
+    panels: list[tuple[str, list[str]]] = [(c, [c]) for c in losses]
+    maps = [c for c in _MAP_COLUMNS if c in values]
+    if maps:
+        panels.append(("mAP", maps))
+    if "lr" in values:
+        panels.append(("lr", ["lr"]))
+    if not panels:
+        raise ValueError(f"{csv_path}: no numeric column besides 'epoch' to plot")
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    x = np.asarray(epochs)
+    for ax, (title, names) in zip(axes.flat, panels, strict=False):
+        for name in names:
+            y = np.asarray(values[name])
+            keep = ~np.isnan(y)
+            ax.plot(x[keep], y[keep], marker=".", label=name)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if len(names) > 1:
+            ax.legend()
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_pr_curves(
+    result_or_precision: Any, class_names: Sequence[str], out_png: str | Path
+) -> Path:
+    """Precision-recall curve per class at IoU 0.5 (area all, 100 detections per image).
+
+    ``result_or_precision``: a ``CocoResult`` (its ``precision``) or COCOeval's
+    ``eval["precision"]`` array ``[T, R=101, K, A, M]``; ``class_names``: ``K`` names.
+    """
+    precision = getattr(result_or_precision, "precision", result_or_precision)
+    if precision is None:
+        raise ValueError("plot_pr_curves: the result holds no precision array")
+    precision = np.asarray(precision)
+    if precision.ndim != 5 or precision.shape[2] != len(class_names):
+        raise ValueError(
+            f"plot_pr_curves: expected precision [T, R, K={len(class_names)}, A, M], "
+            f"got {list(precision.shape)}"
+        )
+    recall = np.linspace(0.0, 1.0, precision.shape[1])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    curves = []
+    for k, name in enumerate(class_names):
+        p = precision[0, :, k, 0, -1]
+        if (p < 0).all():
+            continue  # no ground truth for this class
+        p = np.clip(p, 0, None)
+        curves.append(p)
+        ax.plot(recall, p, linewidth=1, label=f"{name} {p.mean():.3f}")
+    if curves:
+        mean = np.mean(curves, axis=0)
+        ax.plot(recall, mean, color="black", linewidth=2.5, label=f"all {mean.mean():.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("Precision-recall @ IoU 0.5")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc="lower left", fontsize="small")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def confusion_matrix(
+    detections: Sequence[Any],
+    ground_truth: Sequence[Any],
+    num_classes: int,
+    iou_thres: float = 0.45,
+    conf_thres: float = 0.25,
+) -> np.ndarray:
+    """Detection confusion matrix ``[C + 1, C + 1]``: rows = predicted class, columns = true
+    class, index ``C`` = background.
+
+    Per image, detections with score >= ``conf_thres`` are matched one-to-one to ground truth
+    by IoU (class-agnostic, highest IoU first, IoU > ``iou_thres``). A matched pair counts at
+    ``[pred, true]``; an unmatched gt at ``[C, true]`` (missed); an unmatched detection at
+    ``[pred, C]`` (false positive).
+
+    Args:
+        detections: per image ``[K, 6]`` (x1, y1, x2, y2, score, class).
+        ground_truth: per image ``[M, 5]`` (x1, y1, x2, y2, class).
+    """
+    if len(detections) != len(ground_truth):
+        raise ValueError(
+            f"confusion_matrix: {len(detections)} detection arrays but "
+            f"{len(ground_truth)} ground-truth arrays"
+        )
+    bg = num_classes
+    matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
+    for dets, gts in zip(detections, ground_truth, strict=True):
+        dets = _as_array(dets, 6)
+        gts = _as_array(gts, 5)
+        dets = dets[dets[:, 4] >= conf_thres]
+        det_cls = dets[:, 5].astype(np.int64)
+        gt_cls = gts[:, 4].astype(np.int64)
+        for name, cls in (("detection", det_cls), ("ground-truth", gt_cls)):
+            if ((cls < 0) | (cls >= num_classes)).any():
+                raise ValueError(f"confusion_matrix: a {name} class is outside 0..{bg - 1}")
+        gt_matched = np.zeros(len(gts), dtype=bool)
+        det_matched = np.zeros(len(dets), dtype=bool)
+        if len(dets) and len(gts):
+            iou = box_iou_numpy(gts[:, :4], dets[:, :4])  # [M, K]
+            gi, di = np.nonzero(iou > iou_thres)
+            order = np.argsort(-iou[gi, di], kind="stable")
+            for g, d in zip(gi[order], di[order], strict=True):
+                if gt_matched[g] or det_matched[d]:
+                    continue
+                gt_matched[g] = det_matched[d] = True
+                matrix[det_cls[d], gt_cls[g]] += 1
+        np.add.at(matrix, (np.full((~gt_matched).sum(), bg), gt_cls[~gt_matched]), 1)
+        np.add.at(matrix, (det_cls[~det_matched], np.full((~det_matched).sum(), bg)), 1)
+    return matrix
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray,
+    class_names: Sequence[str],
+    out_png: str | Path,
+    normalize: bool = True,
+) -> Path:
+    """Heat map of a ``[C + 1, C + 1]`` matrix from ``confusion_matrix`` (columns normalised to
+    sum to 1 when ``normalize``; counts printed in each cell when there are few classes)."""
+    matrix = np.asarray(matrix)
+    names = list(class_names) + ["background"]
+    if matrix.shape != (len(names), len(names)):
+        raise ValueError(
+            f"plot_confusion_matrix: matrix shape {list(matrix.shape)} does not fit "
+            f"{len(class_names)} classes + background"
+        )
+    shown = matrix.astype(np.float64)
+    if normalize:
+        shown = shown / np.maximum(shown.sum(axis=0, keepdims=True), 1)
+    size = max(4.0, 0.5 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    if len(names) <= 30:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if matrix[i, j]:
+                    text = f"{shown[i, j]:.2f}" if normalize else str(int(matrix[i, j]))
+                    color = "white" if shown[i, j] > 0.5 * (shown.max() or 1) else "black"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    ax.set_title("Confusion matrix" + (" (column-normalised)" if normalize else ""))
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_predictions_grid(
+    images: Sequence[np.ndarray],
+    detections: Sequence[Any],
+    gts: Sequence[Any] | None,
+    class_names: Sequence[str],
+    out_png: str | Path,
+    conf_thres: float = 0.25,
+    max_images: int = 16,
+) -> Path:
+    """A grid of images (``[H, W, 3]`` uint8 BGR) with predicted boxes (solid, class colour,
+    label and score) and, when ``gts`` is given, ground truth (dashed white)."""
+    n = min(len(images), max_images)
+    if n == 0:
+        raise ValueError("plot_predictions_grid: no images")
+    if len(detections) < n or (gts is not None and len(gts) < n):
+        raise ValueError("plot_predictions_grid: fewer detection/gt arrays than images")
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(np.asarray(images[i])[..., ::-1])  # BGR -> RGB
+        if gts is not None:
+            for x1, y1, x2, y2, _ in _as_array(gts[i], 5):
+                ax.add_patch(
+                    plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", lw=1, ls="--")
+                )
+        for x1, y1, x2, y2, score, c in _as_array(detections[i], 6):
+            if score < conf_thres:
+                continue
+            color = cmap(int(c) % 20)
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color, lw=1.5))
+            name = class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
+            ax.text(
+                x1,
+                y1,
+                f"{name} {score:.2f}",
+                fontsize=6,
+                color="white",
+                va="bottom",
+                bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "lw": 0},
+            )
+    fig.tight_layout()
+    return _save(fig, out_png)
