@@ -1,0 +1,176 @@
+"""Training augmentations as YOLOX defines them, each driven by an explicit ``numpy.random.Generator``.
+
+* ``mosaic``: four images around a random centre of a 2x canvas, then one random affine
+  (rotation, scale, shear, translation) down to the input size. The canvas is never built: each
+  tile is warped straight from its decoded image into the output with the composed transform
+  (one interpolation, one pass over the output), and JPEGs that end up shrunk are decoded at
+  1/2, 1/4 or 1/8 size by libjpeg.
+* ``mixup``: a second image letterboxed, jittered in scale, maybe flipped, randomly cropped and
+  blended 50/50 (YOLOX's zero fill beyond its canvas included).
+* ``augment_hsv``: random additive hue/saturation/value offsets (YOLOX gains 5/30/30), done with
+  a lookup table on uint8.
+* ``hflip``, ``letterbox_train`` (YOLOX's TrainTransform resize): images stay uint8 throughout.
+
+Boxes are float32 ``[K, 4]`` xyxy pixels and labels int64 ``[K]``; every function returns boxes
+inside the output image with width and height over 1 px (``finalize_boxes``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from detector.preprocess import PAD_VALUE
+
+MIN_SIDE = 1.0  # YOLOX drops boxes whose width or height is not above 1 px
+
+
+@dataclass
+class AugmentConfig:
+    """YOLOX training augmentation settings (``yolox_base`` defaults)."""
+
+    mosaic_prob: float = 1.0
+    mixup_prob: float = 1.0
+    hsv_prob: float = 1.0
+    flip_prob: float = 0.5
+    degrees: float = 10.0
+    translate: float = 0.1
+    mosaic_scale: tuple[float, float] = (0.1, 2.0)
+    mixup_scale: tuple[float, float] = (0.5, 1.5)
+    shear: float = 2.0
+    enable_mixup: bool = True
+    hsv_gains: tuple[int, int, int] = (5, 30, 30)
+
+    @classmethod
+    def for_model(cls, name: str) -> AugmentConfig:
+        """YOLOX's per-size defaults: nano and tiny use mosaic scale 0.5-1.5 and no MixUp (nano
+        also mosaic_prob 0.5); s and larger keep the base defaults."""
+        size = name.removeprefix("yolox_")
+        if size == "nano":
+            return cls(mosaic_scale=(0.5, 1.5), enable_mixup=False, mosaic_prob=0.5)
+        if size == "tiny":
+            return cls(mosaic_scale=(0.5, 1.5), enable_mixup=False)
+        return cls()
+
+
+# ------------------------------------------------------------------------------------- boxes
+def transform_boxes(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Axis-aligned hull of ``[K, 4]`` xyxy boxes after the 2x3 affine ``matrix``."""
+    if len(boxes) == 0:
+        return boxes.reshape(0, 4).astype(np.float32)
+    corners = boxes[:, [0, 1, 2, 1, 0, 3, 2, 3]].reshape(-1, 4, 2)  # [K, 4 corners, xy]
+    moved = corners @ matrix[:, :2].T.astype(np.float32) + matrix[:, 2].astype(np.float32)
+    return np.concatenate([moved.min(1), moved.max(1)], axis=1).astype(np.float32)
+
+
+def finalize_boxes(
+    boxes: np.ndarray, labels: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clip to ``width`` x ``height`` and keep boxes wider and higher than 1 px."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    keep = ((boxes[:, 2] - boxes[:, 0]) > MIN_SIDE) & ((boxes[:, 3] - boxes[:, 1]) > MIN_SIDE)
+    return boxes[keep], np.asarray(labels, np.int64)[keep]
+
+
+# ----------------------------------------------------------------------------------- colour
+def augment_hsv(image: np.ndarray, rng: np.random.Generator, gains=(5, 30, 30)) -> np.ndarray:
+    """Random offsets in H (wrapping at 180), S and V (clipped), each channel switched on with
+    probability 1/2 (YOLOX). ``[H, W, 3]`` uint8 BGR in, new array out."""
+    offsets = rng.uniform(-1, 1, 3) * np.asarray(gains) * rng.integers(0, 2, 3)
+    offsets = offsets.astype(np.int16)
+    if not offsets.any():
+        return image
+    x = np.arange(256, dtype=np.int16)
+    lut = np.stack(
+        [(x + offsets[0]) % 180, np.clip(x + offsets[1], 0, 255), np.clip(x + offsets[2], 0, 255)],
+        axis=-1,
+    ).astype(np.uint8)[:, None, :]  # [256, 1, 3]
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+    return cv2.cvtColor(cv2.LUT(hsv, lut), cv2.COLOR_HSV2BGR)
+
+
+def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror left-right: ``[H, W, 3]`` image and ``[K, 4]`` xyxy boxes."""
+    width = image.shape[1]
+    out = boxes.copy()
+    out[:, [0, 2]] = width - boxes[:, [2, 0]]
+    return cv2.flip(image, 1), out
+
+
+# ------------------------------------------------------------------------------------ affine
+def random_affine_matrix(
+    rng: np.random.Generator,
+    size_hw: tuple[int, int],
+    degrees: float,
+    translate: float,
+    scale_range: tuple[float, float],
+    shear: float,
+) -> tuple[np.ndarray, float]:
+    """YOLOX's random affine: rotation and scale about the origin, shear, translation of up to
+    ``translate`` x the output size. Returns (float64 ``[2, 3]``, scale)."""
+    height, width = size_hw
+    angle = math.radians(rng.uniform(-degrees, degrees))
+    scale = rng.uniform(*scale_range)
+    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+    rot = np.array([[cos, sin], [-sin, cos]])  # cv2.getRotationMatrix2D about (0, 0)
+    shear_x = math.tan(math.radians(rng.uniform(-shear, shear)))
+    shear_y = math.tan(math.radians(rng.uniform(-shear, shear)))
+    matrix = np.zeros((2, 3))
+    matrix[0, :2] = rot[0] + shear_y * rot[1]
+    matrix[1, :2] = rot[1] + shear_x * rot[0]
+    matrix[0, 2] = rng.uniform(-translate, translate) * width
+    matrix[1, 2] = rng.uniform(-translate, translate) * height
+    return matrix, scale
+
+
+def reduce_factor(scale: float) -> int:
+    """Largest JPEG decode reduction (1, 2, 4, 8) that still leaves the image at least as large
+    as the ``scale`` it will be resampled to."""
+    for factor in (8, 4, 2):
+        if scale * factor <= 1.0:
+            return factor
+    return 1
+
+
+def _warp_into(
+    out: np.ndarray, src: np.ndarray, matrix: np.ndarray, region: tuple[float, ...]
+) -> None:
+    """Warp ``src`` with ``matrix`` (src pixels -> out pixels) into ``out`` in place, touching only
+    the bounding box of ``region`` (x1, y1, x2, y2 in out pixels) and only pixels that map
+    inside ``src`` (transparent border)."""
+    height, width = out.shape[:2]
+    x1, y1 = max(int(math.floor(region[0])), 0), max(int(math.floor(region[1])), 0)
+    x2, y2 = min(int(math.ceil(region[2])), width), min(int(math.ceil(region[3])), height)
+    if x2 <= x1 or y2 <= y1 or src.size == 0:
+        return
+    shifted = matrix.copy()
+    shifted[:, 2] -= (x1, y1)
+    roi = out[y1:y2, x1:x2]
+    cv2.warpAffine(src, shifted, (x2 - x1, y2 - y1), dst=roi, flags=cv2.INTER_LINEAR,
+                   borderMode=cv2.BORDER_TRANSPARENT)  # fmt: skip
+
+
+def _tile_placement(
+    k: int, xc: int, yc: int, w: int, h: int, size_hw: tuple[int, int]
+) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """Tile ``k`` (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) of a mosaic around
+    ``(xc, yc)`` on the 2x canvas: (canvas rect, rect of the ``w`` x ``h`` resized image shown)."""
+    height, width = size_hw
+    if k == 0:
+        a = (max(xc - w, 0), max(yc - h, 0), xc, yc)
+        b = (w - (a[2] - a[0]), h - (a[3] - a[1]), w, h)
+    elif k == 1:
+        a = (xc, max(yc - h, 0), min(xc + w, 2 * width), yc)
+        b = (0, h - (a[3] - a[1]), min(w, a[2] - a[0]), h)
+    elif k == 2:
+        a = (max(xc - w, 0), yc, xc, min(2 * height, yc + h))
+        b = (w - (a[2] - a[0]), 0, w, min(a[3] - a[1], h))
+    else:
+        a = (xc, yc, min(xc + w, 2 * width), min(2 * height, yc + h))
+        b = (0, 0, min(w, a[2] - a[0]), min(a[3] - a[1], h))
+    return a, b
