@@ -1,0 +1,175 @@
+"""Reading checkpoints (ours and the official YOLOX ``.pth``) safely and loading them strictly.
+
+A checkpoint is untrusted input: it is read with ``torch.load(..., weights_only=True)``, which
+refuses arbitrary pickled objects. Our trainer writes a dict with ``"model"`` (the weights to use
+for inference, EMA when EMA is on), optionally ``"train_model"``, ``"optimizer"``, ``"epoch"``, and
+``"meta"`` (``model_name``, ``num_classes``, ``class_names``, ``input_size``, ``preprocess``). The
+official YOLOX files are ``{"model": state_dict, ...}`` without ``"meta"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from detector.models.build import build_model
+from detector.models.yolox import YOLOX
+
+log = logging.getLogger(__name__)
+
+CLASS_PRED_PREFIX = "head.cls_preds."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or does not fit the model; names the file."""
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """NumPy scalars and dtypes (YOLOX's trainer stores ``best_ap`` as a NumPy float)."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file into a dict with ``weights_only=True`` (on the CPU).
+
+    A bare state dict (tensors only) is returned as ``{"model": state_dict}``.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupt, holds objects that a
+            weights-only load refuses, or is not a checkpoint dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    safe = getattr(torch.serialization, "safe_globals", None)
+    try:
+        with safe(_numpy_safe_globals()) if safe else nullcontext():
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused by the weights-only loader (it holds more than tensors and plain "
+            f"containers, or is not a PyTorch file): {first}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
+        ) from exc
+    if isinstance(data, Mapping) and data and all(isinstance(v, Tensor) for v in data.values()):
+        return {"model": dict(data)}
+    if not isinstance(data, Mapping) or "model" not in data:
+        what = sorted(map(str, data))[:8] if isinstance(data, Mapping) else type(data).__name__
+        raise CheckpointError(
+            f"{path}: not a checkpoint (expected a dict with 'model', got {what})"
+        )
+    return dict(data)
+
+
+def _state_dict(checkpoint: Mapping[str, Any], key: str, path: str | Path) -> dict[str, Tensor]:
+    if key not in checkpoint:
+        raise CheckpointError(f"{path}: no '{key}' entry (has: {', '.join(map(str, checkpoint))})")
+    state = checkpoint[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: '{key}' is not a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _checkpoint_classes(state: Mapping[str, Tensor]) -> int | None:
+    weight = state.get(CLASS_PRED_PREFIX + "0.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _describe(keys: list[str], limit: int = 5) -> str:
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``model`` strictly, except for the class predictions when the number
+    of classes differs (those keep their initialisation, with a warning). ``source`` names the
+    file in errors."""
+    own = model.state_dict()
+    state = dict(state)
+    theirs, ours = _checkpoint_classes(state), _checkpoint_classes(own)
+    skipped: set[str] = set()
+    if theirs is not None and ours is not None and theirs != ours:
+        state = {k: v for k, v in state.items() if not k.startswith(CLASS_PRED_PREFIX)}
+        skipped = {k for k in own if k.startswith(CLASS_PRED_PREFIX)}
+        log.warning(
+            "%s: checkpoint has %d classes, the model %d: loaded everything except the class "
+            "predictions (%s*), which keep their initialisation",
+            source,
+            theirs,
+            ours,
+            CLASS_PRED_PREFIX,
+        )
+    missing = sorted(k for k in own if k not in state and k not in skipped)
+    unexpected = sorted(k for k in state if k not in own)
+    wrong = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_describe(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_describe(unexpected)}")
+    if wrong:
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]
+        problems.append(f"{len(wrong)} shape mismatches (checkpoint vs model): {_describe(shapes)}")
+    if problems:
+        name = getattr(model, "name", type(model).__name__)
+        raise CheckpointError(f"{source}: does not fit model '{name}': " + "; ".join(problems))
+    model.load_state_dict(state, strict=not skipped)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, key: str = "model") -> dict[str, Any]:
+    """Load the weights under ``key`` of checkpoint ``path`` into ``model`` (strictly; see
+    :func:`load_state` for a different number of classes). Returns the checkpoint's ``"meta"``
+    (``{}`` for official YOLOX files)."""
+    checkpoint = read_checkpoint(path)
+    load_state(model, _state_dict(checkpoint, key, path), path)
+    meta = checkpoint.get("meta")
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def model_from_checkpoint(
+    path: str | Path, name: str | None = None, num_classes: int | None = None
+) -> tuple[YOLOX, dict[str, Any]]:
+    """Build the model a checkpoint describes and load its inference weights.
+
+    Args:
+        path: our checkpoint (its ``meta`` names the model) or an official YOLOX ``.pth``.
+        name: model name; required for official files, overrides ``meta`` when given.
+        num_classes: defaults to ``meta["num_classes"]``, else the checkpoint's class predictions.
+
+    Returns:
+        ``(model in evaluation mode, meta)``.
+    """
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint.get("meta")
+    meta = dict(meta) if isinstance(meta, Mapping) else {}
+    state = _state_dict(checkpoint, "model", path)
+    name = name or meta.get("model_name")
+    if not name:
+        raise CheckpointError(
+            f"{path}: the checkpoint does not record its model (an official YOLOX .pth?); "
+            "pass the model name (e.g. --model yolox_s)"
+        )
+    if num_classes is None:
+        num_classes = meta.get("num_classes") or _checkpoint_classes(state)
+    if num_classes is None:
+        raise CheckpointError(f"{path}: cannot tell the number of classes; pass num_classes")
+    model = build_model(str(name), int(num_classes))
+    load_state(model, state, path)
+    return model.eval(), meta
