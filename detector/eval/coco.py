@@ -144,10 +144,22 @@ def _validate_detections(
 
 
 def _coco_from_dict(gt: Mapping[str, Any]) -> COCO:
-    """A ``COCO`` object over a copy of ``gt`` (no file, no prints)."""
+    """A ``COCO`` object over a copy of ``gt`` (no file, no prints).
+
+    Annotation keys that pycocotools needs but minimal converters leave out are filled in:
+    ``area`` = box ``w * h``, ``iscrowd`` = 0, ``id`` = a fresh unique number.
+    """
     coco = COCO()
     dataset = copy.deepcopy(dict(gt))
-    dataset.setdefault("annotations", [])
+    anns = dataset.setdefault("annotations", [])
+    next_id = 1 + max((int(a["id"]) for a in anns if "id" in a), default=0)
+    for ann in anns:
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+        ann.setdefault("iscrowd", 0)
+        if "id" not in ann:
+            ann["id"] = next_id
+            next_id += 1
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()

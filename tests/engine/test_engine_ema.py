@@ -127,3 +127,22 @@ def test_bad_decay_and_bad_state() -> None:
         ModelEMA(_model(), decay=1.0)
     with pytest.raises(KeyError, match="updates"):
         ModelEMA(_model()).load_state_dict({"ema": {}})
+
+
+def test_parameters_match_official_yolox_ema() -> None:
+    """On a model without buffers our EMA equals YOLOX's (which also averages float buffers)."""
+    yolox_ema = pytest.importorskip("yolox.utils.ema")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.SiLU(), nn.Linear(8, 2))
+    ours = ModelEMA(model, decay=0.9998)
+    theirs = yolox_ema.ModelEMA(model, 0.9998)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(50):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        ours.update(model)
+        theirs.update(model)
+    assert ours.updates == theirs.updates == 50
+    for a, b in zip(ours.ema.parameters(), theirs.ema.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

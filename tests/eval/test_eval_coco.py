@@ -230,3 +230,18 @@ def test_detections_to_coco_round_trip() -> None:
         per_image.append(np.array(rows).reshape(-1, 6))
     result = evaluate_coco(gt, detections_to_coco(per_image, image_ids, cat_ids))
     assert result.mAP == pytest.approx(1.0)
+
+
+def test_minimal_ground_truth_gets_defaults(tmp_path: Path) -> None:
+    """Annotations without ``id``/``area``/``iscrowd`` score as if they had the defaults."""
+    gt = _bccd_val()
+    dets = _synthetic_detections(gt, seed=3)
+    minimal = copy.deepcopy(gt)
+    for ann in minimal["annotations"]:
+        for key in ("id", "area", "iscrowd", "segmentation"):
+            ann.pop(key)
+    full = copy.deepcopy(gt)
+    for n, ann in enumerate(full["annotations"], start=1):
+        ann.update(id=n, area=ann["bbox"][2] * ann["bbox"][3], iscrowd=0)
+    assert evaluate_coco(minimal, dets).stats == evaluate_coco(full, dets).stats
+    _assert_equal_to_pycocotools(full, dets, tmp_path)
