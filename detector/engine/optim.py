@@ -91,6 +91,26 @@ def build_adamw(
     return torch.optim.AdamW(_groups(model, weight_decay), lr=lr, betas=betas)
 
 
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+
+
+def build_optimizer(
+    name: str,
+    model: nn.Module,
+    lr: float,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 5e-4,
+) -> torch.optim.Optimizer:
+    """``build_sgd`` or ``build_adamw`` by name (for AdamW, ``momentum`` is beta1 and
+    ``nesterov`` is ignored)."""
+    if name == "sgd":
+        return build_sgd(model, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    if name == "adamw":
+        return build_adamw(model, lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every parameter group (YOLOX uses one lr for all three)."""
     for group in optimizer.param_groups:

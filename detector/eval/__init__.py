@@ -10,6 +10,7 @@ from detector.eval.coco import (
     detections_to_coco,
     evaluate_coco,
     format_per_class_table,
+    voc_map50_from_predictions,
 )
 from detector.eval.voc import VocResult, average_precision, voc_map50
 
@@ -23,4 +24,5 @@ __all__ = [
     "evaluate_coco",
     "format_per_class_table",
     "voc_map50",
+    "voc_map50_from_predictions",
 ]

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -47,6 +47,23 @@ STAT_NAMES: tuple[str, ...] = (
     "ARm",
     "ARl",
 )
+
+# (kind, IoU, area, maxDets) of each entry of STAT_NAMES, as COCOeval.summarize() prints them
+_SUMMARY_ROWS: tuple[tuple[str, str, str, int], ...] = (
+    ("AP", "0.50:0.95", "all", 100),
+    ("AP", "0.50", "all", 100),
+    ("AP", "0.75", "all", 100),
+    ("AP", "0.50:0.95", "small", 100),
+    ("AP", "0.50:0.95", "medium", 100),
+    ("AP", "0.50:0.95", "large", 100),
+    ("AR", "0.50:0.95", "all", 1),
+    ("AR", "0.50:0.95", "all", 10),
+    ("AR", "0.50:0.95", "all", 100),
+    ("AR", "0.50:0.95", "small", 100),
+    ("AR", "0.50:0.95", "medium", 100),
+    ("AR", "0.50:0.95", "large", 100),
+)
+_SUMMARY_LINE = " {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = {:0.3f}"
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,20 @@ class CocoResult:
     def class_names(self) -> list[str]:
         """Category names in the order of ``precision``'s class axis."""
         return [c.name for c in self.per_class]
+
+    def summary(self) -> str:
+        """The 12 numbers in the layout of ``COCOeval.summarize()``'s printout."""
+        return "\n".join(
+            _SUMMARY_LINE.format(
+                "Average Precision" if kind == "AP" else "Average Recall",
+                f"({kind})",
+                iou,
+                area,
+                max_dets,
+                self.stats[name],
+            )
+            for name, (kind, iou, area, max_dets) in zip(STAT_NAMES, _SUMMARY_ROWS, strict=True)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: ``mAP``, ``mAP50``, the 12 stats, ``per_class`` and counts."""
@@ -319,3 +350,25 @@ def format_per_class_table(result: CocoResult) -> str:
         row += f"  {_fmt(voc.map50):>6}"
     lines.append(row)
     return "\n".join(lines)
+
+
+class _PredictionsLike(Protocol):
+    image_ids: list[int]
+    detections: list[Any]  # per image [K, 6]: x1, y1, x2, y2 (original pixels), score, class
+
+
+class _DatasetLike(Protocol):
+    category_ids: list[int]
+
+    def coco_ground_truth(self) -> dict[str, Any]: ...
+
+
+def voc_map50_from_predictions(
+    predictions: _PredictionsLike, dataset: _DatasetLike, use_07_metric: bool = False
+) -> float:
+    """VOC mAP@0.5 of a split's predictions (``image_ids`` + per-image ``[K, 6]`` detections)
+    against ``dataset.coco_ground_truth()``."""
+    results = detections_to_coco(
+        predictions.detections, predictions.image_ids, dataset.category_ids
+    )
+    return voc_map50(dataset.coco_ground_truth(), results, use_07_metric=use_07_metric).map50

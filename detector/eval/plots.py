@@ -261,7 +261,7 @@ def plot_predictions_grid(
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10")
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -275,7 +275,7 @@ def plot_predictions_grid(
         for x1, y1, x2, y2, score, c in _as_array(detections[i], 6):
             if score < conf_thres:
                 continue
-            color = cmap(int(c) % 20)
+            color = cmap(int(c) % 10)
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color, lw=1.5))
             name = class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
             ax.text(
@@ -289,3 +289,66 @@ def plot_predictions_grid(
             )
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+def coco_to_per_image_gt(
+    ground_truth: dict[str, Any], image_ids: Sequence[int], category_ids: Sequence[int]
+) -> list[np.ndarray]:
+    """COCO ground truth -> per image of ``image_ids`` a ``[M, 5]`` array (x1, y1, x2, y2,
+    class index); crowd boxes are left out."""
+    index_of = {int(c): i for i, c in enumerate(category_ids)}
+    rows: dict[int, list[list[float]]] = {int(i): [] for i in image_ids}
+    for ann in ground_truth.get("annotations", []):
+        image_id = int(ann["image_id"])
+        if image_id not in rows or ann.get("iscrowd", 0):
+            continue
+        if int(ann["category_id"]) not in index_of:
+            raise ValueError(
+                f"ground truth: category_id {ann['category_id']} is not in {list(category_ids)}"
+            )
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        rows[image_id].append([x, y, x + w, y + h, index_of[int(ann["category_id"])]])
+    return [np.asarray(rows[int(i)], dtype=np.float64).reshape(-1, 5) for i in image_ids]
+
+
+def confusion_matrix_from_coco(
+    detections: Sequence[Any],
+    image_ids: Sequence[int],
+    ground_truth: dict[str, Any],
+    category_ids: Sequence[int],
+    iou_thres: float = 0.45,
+    conf_thres: float = 0.25,
+) -> np.ndarray:
+    """``confusion_matrix`` of per-image ``[K, 6]`` detections (in the order of ``image_ids``)
+    against a COCO ground-truth dict; ``category_ids[class index]`` is the COCO category id."""
+    gts = coco_to_per_image_gt(ground_truth, image_ids, category_ids)
+    return confusion_matrix(detections, gts, len(category_ids), iou_thres, conf_thres)
+
+
+def plot_predictions_grid_from_dataset(
+    dataset: Any,
+    predictions: Any,
+    class_names: Sequence[str],
+    out_png: str | Path,
+    conf_thres: float = 0.25,
+    max_images: int = 16,
+) -> Path:
+    """``plot_predictions_grid`` for the first ``max_images`` images of a split's predictions.
+
+    ``dataset``: has ``records[i].image_id`` and ``load(i)`` -> sample with ``image`` (BGR),
+    ``boxes`` ``[M, 4]`` xyxy and ``labels`` ``[M]`` (a ``DetectionDataset``);
+    ``predictions``: ``image_ids`` and per-image ``detections`` ``[K, 6]`` in original pixels.
+    """
+    index_of = {int(r.image_id): i for i, r in enumerate(dataset.records)}
+    images, dets, gts = [], [], []
+    for image_id, det in list(zip(predictions.image_ids, predictions.detections, strict=True))[
+        :max_images
+    ]:
+        if int(image_id) not in index_of:
+            raise ValueError(f"plot_predictions_grid_from_dataset: image id {image_id} unknown")
+        sample = dataset.load(index_of[int(image_id)])
+        images.append(sample.image)
+        dets.append(det)
+        labels = np.asarray(sample.labels, dtype=np.float64).reshape(-1, 1)
+        gts.append(np.concatenate([np.asarray(sample.boxes).reshape(-1, 4), labels], axis=1))
+    return plot_predictions_grid(images, dets, gts, class_names, out_png, conf_thres, max_images)

@@ -98,3 +98,14 @@ def test_adamw_uses_the_same_groups() -> None:
     opt = build_adamw(_Toy(), lr=1e-3, weight_decay=0.05)
     assert isinstance(opt, torch.optim.AdamW)
     assert [g["weight_decay"] for g in opt.param_groups] == pytest.approx([0.0, 0.05, 0.0])
+
+
+def test_build_optimizer_by_name() -> None:
+    from detector.engine.optim import build_optimizer
+
+    sgd = build_optimizer("sgd", _Toy(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[1]["weight_decay"] == 5e-4
+    adamw = build_optimizer("adamw", _Toy(), lr=1e-3, momentum=0.9, weight_decay=0.05)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.9, 0.999)
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'.*sgd, adamw"):
+        build_optimizer("adam", _Toy(), lr=0.01)
