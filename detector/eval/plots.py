@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from detector.boxes import box_iou_numpy  # noqa: E402
 
@@ -30,6 +31,7 @@ LOGGER = logging.getLogger(__name__)
 
 _MAP_COLUMNS = ("mAP", "mAP50")
 _LR_COLUMNS = ("lr",)
+_SKIP_COLUMNS = ("iteration", "step")  # counters, not metrics
 
 
 def _as_array(x: Any, width: int) -> np.ndarray:
@@ -76,13 +78,15 @@ def _read_metrics(csv_path: str | Path) -> tuple[list[float], dict[str, list[flo
 
 
 def plot_metrics(csv_path: str | Path, out_png: str | Path) -> Path:
-    """One panel per loss term, one for mAP/mAP50 and one for lr, against the epoch.
+    """One panel per loss term (and any other numeric column, e.g. throughput), one for
+    mAP/mAP50 and one for lr, against the epoch.
 
     ``csv_path``: a CSV with an ``epoch`` column and any of loss terms, ``mAP``, ``mAP50``,
-    ``lr`` (empty cells where a value was not measured, e.g. mAP between evaluations).
+    ``lr`` (empty cells where a value was not measured, e.g. mAP between evaluations);
+    ``iteration``/``step`` columns are not drawn.
     """
     epochs, values = _read_metrics(csv_path)
-    losses = [c for c in values if c not in _MAP_COLUMNS + _LR_COLUMNS]
+    losses = [c for c in values if c not in _MAP_COLUMNS + _LR_COLUMNS + _SKIP_COLUMNS]
     panels: list[tuple[str, list[str]]] = [(c, [c]) for c in losses]
     maps = [c for c in _MAP_COLUMNS if c in values]
     if maps:
@@ -102,6 +106,7 @@ def plot_metrics(csv_path: str | Path, out_png: str | Path) -> Path:
             ax.plot(x[keep], y[keep], marker=".", label=name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if len(names) > 1:
             ax.legend()

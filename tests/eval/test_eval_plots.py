@@ -30,11 +30,11 @@ def _assert_png(path: Path) -> None:
 def test_plot_metrics(tmp_path: Path) -> None:
     csv_path = tmp_path / "metrics.csv"
     csv_path.write_text(
-        "epoch,total_loss,iou_loss,obj_loss,cls_loss,lr,mAP,mAP50\n"
-        "1,9.0,3.0,4.0,2.0,0.001,,\n"
-        "2,7.5,2.5,3.2,1.8,0.01,0.10,0.30\n"
-        "3,6.1,2.0,2.6,1.5,0.009,,\n"
-        "4,5.2,1.7,2.2,1.3,0.005,0.25,0.52\n"
+        "epoch,iteration,total,iou,obj,cls,l1,lr,images_per_s,mAP,mAP50\n"
+        "1,10,9.0,3.0,4.0,2.0,,0.001,50.5,,\n"
+        "2,20,7.5,2.5,3.2,1.8,,0.01,51.0,0.10,0.30\n"
+        "3,30,6.1,2.0,2.6,1.5,0.9,0.009,49.0,,\n"
+        "4,40,5.2,1.7,2.2,1.3,0.8,0.005,50.0,0.25,0.52\n"
     )
     _assert_png(plot_metrics(csv_path, tmp_path / "out" / "metrics.png"))
     only_loss = tmp_path / "loss.csv"
