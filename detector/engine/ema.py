@@ -21,9 +21,16 @@ RAMP_UPDATES = 2000  # the decay reaches 1 - 1/e of its value after this many up
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside ``DataParallel`` / ``DistributedDataParallel``, else ``model``."""
+    """The module inside ``DataParallel`` / ``DistributedDataParallel`` and/or
+    ``torch.compile``, else ``model``."""
     parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    return model.module if isinstance(model, parallel) else model
+    while True:
+        if isinstance(model, parallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
 
 
 class ModelEMA:

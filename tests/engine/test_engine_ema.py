@@ -122,6 +122,14 @@ def test_wrapped_model_is_unwrapped() -> None:
     assert torch.equal(ema.ema[1].running_mean, model[1].running_mean)
 
 
+def test_compiled_model_is_unwrapped() -> None:
+    model = _model()
+    compiled = torch.compile(model)  # wrapping only: nothing is compiled until it is called
+    assert unwrap(compiled) is model
+    assert unwrap(nn.DataParallel(compiled)) is model
+    assert set(ModelEMA(compiled).ema.state_dict()) == set(model.state_dict())
+
+
 def test_bad_decay_and_bad_state() -> None:
     with pytest.raises(ValueError, match="decay"):
         ModelEMA(_model(), decay=1.0)
