@@ -245,3 +245,13 @@ def test_minimal_ground_truth_gets_defaults(tmp_path: Path) -> None:
         ann.update(id=n, area=ann["bbox"][2] * ann["bbox"][3], iscrowd=0)
     assert evaluate_coco(minimal, dets).stats == evaluate_coco(full, dets).stats
     _assert_equal_to_pycocotools(full, dets, tmp_path)
+
+
+def test_scoring_imports_without_torch() -> None:
+    """INT8 accuracy checks run scoring on machines without PyTorch: keep it torch-free."""
+    import subprocess
+    import sys
+
+    code = "import sys, detector.eval, detector.eval.plots; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
