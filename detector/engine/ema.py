@@ -3,9 +3,9 @@
 The average lives in a deep copy of the model, in eval mode with gradients off. Each
 ``update(model)`` moves every parameter towards the live one with the ramped decay
 ``d = decay * (1 - exp(-updates / 2000))`` (so early updates, when the weights change fast,
-follow the model closely) and copies every buffer (BatchNorm running statistics and counters)
-as it is. YOLOX averages floating-point buffers too; copying them keeps the EMA's statistics
-those of the weights the model actually ran with.
+follow the model closely). As in YOLOX, floating-point buffers (BatchNorm running statistics) are
+averaged like the parameters, so the statistics stay consistent with the averaged weights;
+integer buffers (``num_batches_tracked``) are copied.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """One step: ``ema = d * ema + (1 - d) * model`` for parameters, copy for buffers."""
+        """One step: ``ema = d * ema + (1 - d) * model`` for parameters and float buffers; integer
+        buffers are copied."""
         self.updates += 1
         d = self.decay_at(self.updates)
         live = unwrap(model)
@@ -66,7 +67,10 @@ class ModelEMA:
             p.lerp_(live_params[name].detach().to(p.dtype), 1.0 - d)
         live_buffers = dict(live.named_buffers())
         for name, b in self.ema.named_buffers():
-            b.copy_(live_buffers[name])
+            if b.dtype.is_floating_point:
+                b.lerp_(live_buffers[name].detach().to(b.dtype), 1.0 - d)
+            else:
+                b.copy_(live_buffers[name])
 
     def state_dict(self) -> dict[str, Any]:
         """``{"ema": weights, "updates": n, "decay": d}``: enough to resume exactly."""
