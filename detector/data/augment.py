@@ -1,4 +1,4 @@
-"""Training augmentations as YOLOX defines them, each driven by an explicit ``numpy.random.Generator``.
+"""Training augmentations as YOLOX defines them, each driven by a ``numpy.random.Generator``.
 
 * ``mosaic``: four images around a random centre of a 2x canvas, then one random affine
   (rotation, scale, shear, translation) down to the input size. The canvas is never built: each
@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
-from detector.preprocess import PAD_VALUE
 
 MIN_SIDE = 1.0  # YOLOX drops boxes whose width or height is not above 1 px
 

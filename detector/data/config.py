@@ -1,4 +1,4 @@
-"""Dataset configs: ``configs/data/*.yaml`` (or an Ultralytics-style ``data.yaml``) -> ``DataConfig``.
+"""Dataset configs: ``configs/data/*.yaml`` or an Ultralytics ``data.yaml`` -> ``DataConfig``.
 
 A dataset config names its format, its root and its splits::
 

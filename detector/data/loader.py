@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from detector.data.augment import AugmentConfig, augment_hsv, finalize_boxes, hflip, reduce_factor
 from detector.data.dataset import DetectionDataset
@@ -240,14 +240,18 @@ def resize_batch(batch: TrainBatch, size: int | tuple[int, int]) -> TrainBatch:
 class EvalDataset(Dataset):
     """Letterboxed images (``detector.preprocess``) with id, ratio and original size."""
 
-    def __init__(self, dataset: DetectionDataset, imgsz: int | tuple[int, int]) -> None:
-        self.dataset, self.size_hw = dataset, as_size(imgsz)
+    def __init__(self, dataset: DetectionDataset | Subset, imgsz: int | tuple[int, int]) -> None:
+        if isinstance(dataset, Subset):  # e.g. this process's share under torchrun
+            self.dataset, self.indices = dataset.dataset, list(dataset.indices)
+        else:
+            self.dataset, self.indices = dataset, list(range(len(dataset)))
+        self.size_hw = as_size(imgsz)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, float, tuple[int, int]]:
-        sample = self.dataset.load(index)
+        sample = self.dataset.load(self.indices[index])
         chw, ratio = preprocess(sample.image, self.size_hw)
         return chw, sample.image_id, ratio, sample.image.shape[:2]
 
@@ -259,9 +263,13 @@ def collate_eval(items: list[tuple[np.ndarray, int, float, tuple[int, int]]]) ->
 
 
 def build_eval_loader(
-    dataset: DetectionDataset, imgsz: int | tuple[int, int], batch_size: int, workers: int = 0
+    dataset: DetectionDataset | Subset,
+    imgsz: int | tuple[int, int],
+    batch_size: int,
+    workers: int = 0,
 ) -> DataLoader:
-    """Loader of ``EvalBatch`` es in dataset order (every image once)."""
+    """Loader of ``EvalBatch`` es in dataset order (every image once); ``dataset`` may be a
+    ``torch.utils.data.Subset`` of a ``DetectionDataset``."""
     return DataLoader(
         EvalDataset(dataset, imgsz), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=collate_eval, pin_memory=torch.cuda.is_available(),

@@ -68,8 +68,8 @@ def mosaic(
             continue
         # decoded pixels -> canvas: scale by r, then shift the shown part (b) onto its tile (a)
         to_canvas = np.array([[r, 0.0, a[0] - b[0]], [0.0, r, a[1] - b[1]]])
-        sx0, sy0 = max(math.floor(b[0] / r) - 1, 0), max(math.floor(b[1] / r) - 1, 0)
-        sx1, sy1 = min(math.ceil(b[2] / r) + 1, w0), min(math.ceil(b[3] / r) + 1, h0)
+        sx0, sy0 = max(math.floor(b[0] / r), 0), max(math.floor(b[1] / r), 0)
+        sx1, sy1 = min(math.ceil(b[2] / r), w0), min(math.ceil(b[3] / r), h0)
         crop_shift = np.array([[1.0, 0.0, sx0], [0.0, 1.0, sy0]])
         matrix = _compose(affine, _compose(to_canvas, crop_shift))
         tile = np.array([[a[0], a[1], a[2], a[3]]], np.float32)

@@ -1,4 +1,4 @@
-"""Targets where they enter: ``boxes`` (xyxy pixels, float32 ``[K, 4]``) + ``labels`` (int64 ``[K]``).
+"""Targets where they enter: ``boxes`` (xyxy pixels, float32 ``[K, 4]``) + ``labels`` (int64).
 
 Readers build one ``Record`` per image; ``sanitize_boxes`` clips boxes partly outside the image
 and drops the degenerate ones (under 1 px wide or high), returning counts so that a dataset logs
