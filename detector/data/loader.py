@@ -140,8 +140,8 @@ class EpochSampler(Sampler):
 def collate_train(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> TrainBatch:
     """Stack uint8 images into float32 ``[B, 3, H, W]``; pad boxes/labels to the batch's largest
     count ``M`` (at least 1)."""
-    images = torch.from_numpy(np.stack([item[0] for item in items]))  # [B, H, W, 3] uint8
-    images = images.permute(0, 3, 1, 2).float().contiguous()
+    # HWC -> CHW on uint8 in numpy (a strided torch permute + float copy is ~7x slower)
+    images = torch.from_numpy(np.stack([item[0].transpose(2, 0, 1) for item in items])).float()
     count = max(1, max(len(item[1]) for item in items))
     boxes = torch.zeros((len(items), count, 4), dtype=torch.float32)
     labels = torch.full((len(items), count), -1, dtype=torch.int64)

@@ -3,7 +3,9 @@
 YOLOX pastes four letterbox-resized images on a 2x canvas and warps the canvas down to the input
 size. Here each tile goes straight from its decoded image to the output through the composed
 transform (letterbox scale -> canvas offset -> random affine), warped only inside the tile's
-footprint: the same picture with one interpolation instead of two and no 2x canvas.
+footprint: the same picture with one interpolation instead of two and no 2x canvas. A tile that
+the affine leaves out of the picture (common at scales above 1) is never decoded, and a tile
+that ends up shrunk is decoded at 1/2, 1/4 or 1/8 size by libjpeg.
 """
 
 from __future__ import annotations
@@ -59,21 +61,28 @@ def mosaic(
     out = np.full((height, width, 3), PAD_VALUE, np.uint8)
     all_boxes, all_labels = [], []
     for k, index in enumerate(indices):
-        fit = _fit_ratio(dataset, index, size_hw)
-        sample = dataset.load(index, reduce_factor(fit * scale) if fit else 1)
-        h0, w0 = sample.image.shape[:2]
+        record, sample = dataset.records[index], None
+        if not (record.width and record.height):  # size unknown: decode to learn it
+            sample = dataset.load(index)
+            record.height, record.width = sample.image.shape[:2]
+        h0, w0 = record.height, record.width
         r = min(height / h0, width / w0)
         a, b = _tile_placement(k, xc, yc, int(w0 * r), int(h0 * r), size_hw)
         if a[2] <= a[0] or a[3] <= a[1]:
             continue
-        # decoded pixels -> canvas: scale by r, then shift the shown part (b) onto its tile (a)
-        to_canvas = np.array([[r, 0.0, a[0] - b[0]], [0.0, r, a[1] - b[1]]])
-        sx0, sy0 = max(math.floor(b[0] / r), 0), max(math.floor(b[1] / r), 0)
-        sx1, sy1 = min(math.ceil(b[2] / r), w0), min(math.ceil(b[3] / r), h0)
+        footprint = transform_boxes(np.array([a], np.float32), affine)[0]
+        if footprint[0] >= width or footprint[1] >= height or min(footprint[2:]) <= 0:
+            continue  # the affine leaves this tile out of the picture: never decode it
+        if sample is None:
+            sample = dataset.load(index, reduce_factor(r * scale))
+        fx, fy = w0 / sample.image.shape[1], h0 / sample.image.shape[0]  # decoded -> original
+        # decoded pixels -> canvas: scale to the letterboxed size, shift the shown part b onto a
+        to_canvas = np.array([[r * fx, 0.0, a[0] - b[0]], [0.0, r * fy, a[1] - b[1]]])
+        sx0, sy0 = max(math.floor(b[0] / (r * fx)), 0), max(math.floor(b[1] / (r * fy)), 0)
+        sx1 = min(math.ceil(b[2] / (r * fx)), sample.image.shape[1])
+        sy1 = min(math.ceil(b[3] / (r * fy)), sample.image.shape[0])
         crop_shift = np.array([[1.0, 0.0, sx0], [0.0, 1.0, sy0]])
         matrix = _compose(affine, _compose(to_canvas, crop_shift))
-        tile = np.array([[a[0], a[1], a[2], a[3]]], np.float32)
-        footprint = transform_boxes(tile, affine)[0]
         _warp_into(out, sample.image[sy0:sy1, sx0:sx1], matrix, tuple(footprint))
         if len(sample.boxes):
             boxes = transform_boxes(sample.boxes, to_canvas)

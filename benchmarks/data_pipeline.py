@@ -1,0 +1,129 @@
+"""Training data pipeline throughput: ours vs the official YOLOX pipeline, side by side.
+
+Both read BCCD's COCO JSON (train split, 292 images of 640x480) and run the yolox_s defaults
+(Mosaic prob 1, MixUp on with prob 1, HSV, flip 0.5, degrees 10, translate 0.1, scale 0.1-2,
+shear 2) into batches through a torch ``DataLoader``: official = ``yolox.data.COCODataset`` +
+``MosaicDetection`` + ``TrainTransform`` (float32 CHW per sample, default collate); ours =
+``detector.data.build_train_loader`` (uint8 until the collate, which makes float32 [B, 3, H, W]).
+Each (size, workers) setting builds both loaders once, then alternates them over repeats, timing
+``--batches`` batches after a warm-up; the table reports medians and the ratio of medians.
+
+    .venv/bin/python benchmarks/data_pipeline.py --md benchmarks/data_pipeline.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from detector.data import AugmentConfig, build_dataset, build_train_loader, load_data_config  # noqa: E402
+
+
+def yolox_loader(root: Path, json_name: str, size: int, batch: int, workers: int, cache: bool):
+    """The official pipeline with the yolox_s training defaults (yolox_base.get_data_loader)."""
+    from yolox.data import COCODataset, MosaicDetection, TrainTransform
+
+    dataset = COCODataset(
+        data_dir=str(root), json_file=json_name, name="images",
+        img_size=(size, size), cache=cache,
+        preproc=TrainTransform(max_labels=50, flip_prob=0.5, hsv_prob=1.0),
+    )  # fmt: skip
+    mosaic = MosaicDetection(
+        dataset, mosaic=True, img_size=(size, size),
+        preproc=TrainTransform(max_labels=120, flip_prob=0.5, hsv_prob=1.0),
+        degrees=10.0, translate=0.1, mosaic_scale=(0.1, 2), mixup_scale=(0.5, 1.5), shear=2.0,
+        enable_mixup=True, mosaic_prob=1.0, mixup_prob=1.0,
+    )  # fmt: skip
+    kwargs = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
+    return DataLoader(mosaic, batch_size=batch, shuffle=True, num_workers=workers,
+                      drop_last=True, **kwargs)  # fmt: skip
+
+
+def forever(loader):
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def rate(stream, batches: int) -> float:
+    next(stream)  # warm-up (and worker start-up on the first call)
+    count, start = 0, time.perf_counter()
+    for _ in range(batches):
+        count += len(next(stream)[0])
+    return count / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(REPO / "configs/data/bccd_coco.yaml"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[416, 640])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache", action="store_true", help="both pipelines cache images in RAM")
+    parser.add_argument("--md", help="write the result table (markdown) here")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)  # same for both: workers (or the one process) are the parallelism
+    torch.set_num_threads(1)
+
+    cfg = load_data_config(args.data)
+    ours_set = build_dataset(cfg, "train", cache=args.cache)
+    json_path = cfg.root / cfg.train
+    tmp = Path(tempfile.mkdtemp(prefix="yolox_layout_"))  # YOLOX wants root/annotations/<json>
+    (tmp / "annotations").mkdir()
+    (tmp / "annotations" / json_path.name).symlink_to(json_path)
+    (tmp / "images").symlink_to(cfg.root / cfg.images)
+
+    rows = []
+    for size in args.sizes:
+        for workers in args.workers:
+            theirs = forever(yolox_loader(tmp, json_path.name, size, args.batch, workers,
+                                          args.cache))  # fmt: skip
+            ours = forever(build_train_loader(ours_set, size, args.batch, AugmentConfig(), True,
+                                              workers, seed=0))  # fmt: skip
+            results: dict[str, list[float]] = {"yolox": [], "ours": []}
+            for r in range(args.repeats):
+                order = [("yolox", theirs), ("ours", ours)]
+                for name, stream in order if r % 2 == 0 else order[::-1]:
+                    results[name].append(rate(stream, args.batches))
+            y, o = statistics.median(results["yolox"]), statistics.median(results["ours"])
+            rows.append((size, workers, y, o, o / y, results))
+            print(f"imgsz {size} workers {workers}: yolox {y:.1f}  ours {o:.1f} images/s "
+                  f"({o / y:.2f}x)  runs yolox {[round(v, 1) for v in results['yolox']]} "
+                  f"ours {[round(v, 1) for v in results['ours']]}", flush=True)  # fmt: skip
+            del theirs, ours
+
+    load = os.getloadavg()
+    lines = [
+        "| imgsz | workers | official YOLOX (images/s) | ours (images/s) | ours / official |",
+        "|---:|---:|---:|---:|---:|",
+        *[f"| {s} | {w} | {y:.1f} | {o:.1f} | {x:.2f}x |" for s, w, y, o, x, _ in rows],
+        "",
+        f"batch {args.batch}, {args.batches} timed batches x {args.repeats} repeats per cell "
+        f"(medians), cache={args.cache}, {os.cpu_count()} CPUs, load average at the end "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
+    ]  # fmt: skip
+    print("\n".join(lines))
+    if args.md:
+        Path(args.md).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
