@@ -5,8 +5,9 @@ Both read BCCD's COCO JSON (train split, 292 images of 640x480) and run the yolo
 shear 2) into batches through a torch ``DataLoader``: official = ``yolox.data.COCODataset`` +
 ``MosaicDetection`` + ``TrainTransform`` (float32 CHW per sample, default collate); ours =
 ``detector.data.build_train_loader`` (uint8 until the collate, which makes float32 [B, 3, H, W]).
-Each (size, workers) setting builds both loaders once, then alternates them over repeats, timing
-``--batches`` batches after a warm-up; the table reports medians and the ratio of medians.
+Each (size, workers) setting alternates the two over repeats; every measurement builds a fresh
+loader, skips a warm-up (worker start-up), times ``--batches`` batches and shuts the workers down
+before the next one. The table reports medians and the ratio of medians.
 
     .venv/bin/python benchmarks/data_pipeline.py --md benchmarks/data_pipeline.md
 """
@@ -14,11 +15,13 @@ Each (size, workers) setting builds both loaders once, then alternates them over
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -46,7 +49,7 @@ def yolox_loader(root: Path, json_name: str, size: int, batch: int, workers: int
         degrees=10.0, translate=0.1, mosaic_scale=(0.1, 2), mixup_scale=(0.5, 1.5), shear=2.0,
         enable_mixup=True, mosaic_prob=1.0, mixup_prob=1.0,
     )  # fmt: skip
-    kwargs = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
+    kwargs = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}  # as ours
     return DataLoader(mosaic, batch_size=batch, shuffle=True, num_workers=workers,
                       drop_last=True, **kwargs)  # fmt: skip
 
@@ -60,12 +63,21 @@ def forever(loader):
         epoch += 1
 
 
-def rate(stream, batches: int) -> float:
-    next(stream)  # warm-up (and worker start-up on the first call)
+def rate(make_loader, batches: int, warmup: int) -> float:
+    """Images/s over ``batches`` batches of a fresh loader, after ``warmup`` batches (worker
+    start-up); the loader and its workers are gone before the next measurement, so an idle
+    pipeline never prefetches in the background while the other one is timed."""
+    loader = make_loader()
+    stream = forever(loader)
+    for _ in range(warmup):
+        next(stream)
     count, start = 0, time.perf_counter()
     for _ in range(batches):
         count += len(next(stream)[0])
-    return count / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    del stream, loader
+    gc.collect()
+    return count / elapsed
 
 
 def main() -> int:
@@ -74,7 +86,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[416, 640])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", action="store_true", help="both pipelines cache images in RAM")
     parser.add_argument("--md", help="write the result table (markdown) here")
@@ -93,21 +105,23 @@ def main() -> int:
     rows = []
     for size in args.sizes:
         for workers in args.workers:
-            theirs = forever(yolox_loader(tmp, json_path.name, size, args.batch, workers,
-                                          args.cache))  # fmt: skip
-            ours = forever(build_train_loader(ours_set, size, args.batch, AugmentConfig(), True,
-                                              workers, seed=0))  # fmt: skip
+            makers = {
+                "yolox": partial(yolox_loader, tmp, json_path.name, size, args.batch, workers,
+                                 args.cache),
+                "ours": partial(build_train_loader, ours_set, size, args.batch, AugmentConfig(),
+                                True, workers, seed=0),
+            }  # fmt: skip
+            warmup = 1 + 2 * workers
             results: dict[str, list[float]] = {"yolox": [], "ours": []}
             for r in range(args.repeats):
-                order = [("yolox", theirs), ("ours", ours)]
-                for name, stream in order if r % 2 == 0 else order[::-1]:
-                    results[name].append(rate(stream, args.batches))
+                names = ["yolox", "ours"] if r % 2 == 0 else ["ours", "yolox"]
+                for name in names:
+                    results[name].append(rate(makers[name], args.batches, warmup))
             y, o = statistics.median(results["yolox"]), statistics.median(results["ours"])
             rows.append((size, workers, y, o, o / y, results))
             print(f"imgsz {size} workers {workers}: yolox {y:.1f}  ours {o:.1f} images/s "
                   f"({o / y:.2f}x)  runs yolox {[round(v, 1) for v in results['yolox']]} "
                   f"ours {[round(v, 1) for v in results['ours']]}", flush=True)  # fmt: skip
-            del theirs, ours
 
     load = os.getloadavg()
     lines = [

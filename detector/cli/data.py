@@ -15,6 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--images", type=int, default=500, help="number of images (500)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (0)")
     synth.add_argument("--val-fraction", type=float, default=0.2, help="share of val images")
+    synth.add_argument("--easy", action="store_true",
+                       help="small images, few large objects (quick training checks)")  # fmt: skip
     synth.set_defaults(func=run_synth)
 
     show = sub.add_parser("show", help="grid of augmented training samples + class histogram")
@@ -42,10 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     import time
 
-    from detector.data.synth import make_synthetic_dataset
+    from detector.data.synth import SynthSpec, make_synthetic_dataset
 
     start = time.perf_counter()
-    path = make_synthetic_dataset(args.out, args.images, args.seed, val_fraction=args.val_fraction)
+    spec = SynthSpec.easy() if args.easy else SynthSpec()
+    path = make_synthetic_dataset(args.out, args.images, args.seed, spec, args.val_fraction)
     print(f"wrote {args.images} images in {time.perf_counter() - start:.1f} s; use --data {path}")
     return 0
 

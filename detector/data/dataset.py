@@ -98,7 +98,9 @@ class DetectionDataset:
     # -------------------------------------------------------------------------------- loading
     def read_image(self, index: int, reduce: int = 1) -> np.ndarray | None:
         """Decoded BGR uint8 image ``index`` (``reduce`` 2/4/8: decoded at 1/reduce size, far
-        cheaper for JPEG), or ``None`` if it cannot be decoded."""
+        cheaper for JPEG), or ``None`` if it cannot be decoded. The RAM cache holds full-size
+        images and ignores ``reduce``, so a cached run's pixels may differ slightly from an
+        uncached run's (its boxes do not)."""
         if self._cache is not None:
             return self._cache[index]
         return cv2.imread(str(self.records[index].path), REDUCED_FLAGS[reduce])

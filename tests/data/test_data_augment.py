@@ -84,6 +84,9 @@ def test_boxes_inside_positive_and_labelled(solid, seed, cfg, index, size):
                                             use_mosaic)  # fmt: skip
         _check(image, boxes, labels, size)
         assert set(labels.tolist()) <= {0, 1, 2}
+        again = train_sample(solid, index, sample_rng(seed, 0, index), size, cfg, use_mosaic)
+        for x, y in zip((image, boxes, labels), again):  # same seed, same sample
+            np.testing.assert_array_equal(x, y)
         if not use_mosaic:  # flip + letterbox keep every box of this image, label for label
             assert sorted(labels.tolist()) == sorted(solid.records[index].labels.tolist())
 
