@@ -137,7 +137,8 @@ def synth_image(
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
             geometry, box = _shape(rng, cls, cx, cy, size)
             box = np.clip(np.asarray(box, np.float32), 0, [width, height, width, height])
-            if min(box[2] - box[0], box[3] - box[1]) < 0.5 * lo:
+            sides = (box[2] - box[0], box[3] - box[1])
+            if min(sides) < 0.5 * lo or max(sides) < spec.object_size[0]:
                 continue  # mostly out of frame
             if not _occludes(box, boxes, spec.max_occlusion):
                 break
