@@ -136,44 +136,50 @@ class YOLOXLoss(nn.Module):
             number of foreground anchors, as a float) is detached.
         """
         self._check(maps, boxes, labels)
-        raw = flatten_levels(maps).float()  # [B, N, 5 + C]
-        reg, obj, cls = raw[..., :4], raw[..., 4], raw[..., 5:]
+        raw = flatten_levels(maps)  # [B, N, 5 + C]
         shapes = [tuple(m.shape[-2:]) for m in maps]
         grid, stride = make_grid(shapes, self.strides, torch.float32, raw.device)  # [N,2], [N,1]
-        pred_xyxy = cxcywh_to_xyxy(decode_boxes(reg, grid, stride))  # [B, N, 4]
         boxes = boxes.float()
-        gt_mask = labels >= 0
 
-        assignment: Assignment = simota_assign(
-            pred_xyxy.detach(),
-            cls.detach(),
-            obj.detach(),
-            (grid + 0.5) * stride,
-            stride[:, 0],
-            boxes,
-            labels,
-            gt_mask,
-            center_radius=self.center_radius,
-            topk=self.topk,
-        )
+        with torch.no_grad():
+            detached = raw.detach().float()
+            assignment: Assignment = simota_assign(
+                cxcywh_to_xyxy(decode_boxes(detached[..., :4], grid, stride)),  # [B, N, 4]
+                detached[..., 5:],
+                detached[..., 4],
+                (grid + 0.5) * stride,
+                stride[:, 0],
+                boxes,
+                labels,
+                labels >= 0,
+                center_radius=self.center_radius,
+                topk=self.topk,
+            )
         fg = assignment.fg_mask  # [B, N]
         norm = float(max(assignment.num_fg, 1))
 
-        # targets of the foreground anchors, [F, ...]
+        # the foreground anchors' outputs and targets, [F, ...] (gathering them first keeps the
+        # backward pass to one scatter into the full maps)
         batch_index, anchor_index = fg.nonzero(as_tuple=True)
+        raw_fg = raw[batch_index, anchor_index].float()  # [F, 5 + C]
+        cell, cell_stride = grid[anchor_index], stride[anchor_index]  # [F, 2], [F, 1]
+        pred_xyxy = cxcywh_to_xyxy(decode_boxes(raw_fg[:, :4], cell, cell_stride))  # [F, 4]
         gt_index = assignment.gt_index[batch_index, anchor_index]
         target_xyxy = boxes[batch_index, gt_index]  # [F, 4]
         target_cls = F.one_hot(labels[batch_index, gt_index].long(), self.num_classes)
         target_cls = target_cls.float() * assignment.iou[batch_index, anchor_index, None]
 
-        loss_iou = paired_iou_loss(pred_xyxy[fg], target_xyxy, self.iou_type).sum() / norm
+        obj = raw[..., 4].float()  # [B, N]
+        loss_iou = paired_iou_loss(pred_xyxy, target_xyxy, self.iou_type).sum() / norm
         loss_obj = F.binary_cross_entropy_with_logits(obj, fg.float(), reduction="sum") / norm
-        loss_cls = F.binary_cross_entropy_with_logits(cls[fg], target_cls, reduction="sum") / norm
+        loss_cls = (
+            F.binary_cross_entropy_with_logits(raw_fg[:, 5:], target_cls, reduction="sum") / norm
+        )
         if use_l1:
-            target_l1 = self._l1_target(target_xyxy, grid[anchor_index], stride[anchor_index])
-            loss_l1 = F.l1_loss(reg[fg], target_l1, reduction="sum") / norm
+            target_l1 = self._l1_target(target_xyxy, cell, cell_stride)
+            loss_l1 = F.l1_loss(raw_fg[:, :4], target_l1, reduction="sum") / norm
         else:
-            loss_l1 = raw.new_zeros(())
+            loss_l1 = obj.new_zeros(())
         loss_iou = self.iou_weight * loss_iou
         return {
             "total": loss_iou + loss_obj + loss_cls + loss_l1,
@@ -181,7 +187,7 @@ class YOLOXLoss(nn.Module):
             "obj": loss_obj,
             "cls": loss_cls,
             "l1": loss_l1,
-            "num_fg": raw.new_tensor(float(assignment.num_fg)),
+            "num_fg": obj.new_tensor(float(assignment.num_fg)),
         }
 
     @staticmethod

@@ -206,3 +206,17 @@ def test_equals_official_get_losses(seed: int, use_l1: bool) -> None:
     grads_theirs = torch.autograd.grad(theirs["total"], maps)
     for a, b in zip(grads_ours, grads_theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_with_the_real_nano_model() -> None:
+    from detector.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("yolox_nano", num_classes=3).train()
+    boxes, labels = random_targets(6, batch=2, num_classes=3, size=64)
+    maps = model(torch.rand(2, 3, 64, 64) * 255)
+    out = YOLOXLoss(3)(maps, boxes, labels, use_l1=True)
+    assert out["num_fg"] > 0 and torch.isfinite(out["total"])
+    out["total"].backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -1,0 +1,213 @@
+"""Seconds per training step, ours against the official YOLOX, side by side in one process (CPU).
+
+One step = forward in train mode + loss (SimOTA included) + backward + SGD step, on a fixed
+synthetic batch (random images, a few random boxes per image, 80 classes). The official trainer is
+CUDA-only, so its model, its loss (``YOLOXHead.get_losses``) and the same SGD are timed in the same
+loop. The two sides alternate (order flipped every round); we report medians over the rounds and
+the share of the step spent in label assignment (``simota_assign`` here, ``get_assignments``
+summed over the images there).
+
+    .venv/bin/python benchmarks/train_step.py                       # nano@416 b8, s@640 b4
+    .venv/bin/python benchmarks/train_step.py --cases nano --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+import detector.losses
+from detector.boxes import xyxy_to_cxcywh
+from detector.losses import YOLOXLoss
+from detector.models import build_model
+
+LOG = logging.getLogger("train_step")
+
+# name -> (our model name, official exp name, input size, batch)
+CASES = {
+    "nano": ("yolox_nano", "yolox-nano", 416, 8),
+    "s": ("yolox_s", "yolox-s", 640, 4),
+}
+NUM_CLASSES = 80
+
+
+@dataclass
+class Timer:
+    """Accumulates the time spent in a wrapped function during one step."""
+
+    seconds: float = 0.0
+    calls: int = 0
+    per_step: list[float] = field(default_factory=list)
+
+    def wrap(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+
+        return timed
+
+    def close_step(self) -> None:
+        self.per_step.append(self.seconds)
+        self.seconds = 0.0
+
+
+def synthetic_batch(
+    size: int, batch: int, boxes_per_image: int, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Images ``[B, 3, S, S]`` (0..255 like YOLOX's training input), boxes ``[B, M, 4]`` xyxy
+    and labels ``[B, M]``; image ``i`` has ``1 + i % boxes_per_image`` boxes, the rest padding."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, size, size, generator=g) * 255
+    centre = torch.rand(batch, boxes_per_image, 2, generator=g) * size * 0.7 + size * 0.15
+    wh = torch.rand(batch, boxes_per_image, 2, generator=g) * size * 0.3 + 16
+    boxes = torch.cat((centre - wh / 2, centre + wh / 2), -1).clamp(1, size - 1)
+    counts = 1 + torch.arange(batch) % boxes_per_image
+    mask = torch.arange(boxes_per_image)[None] < counts[:, None]
+    labels = torch.randint(0, NUM_CLASSES, (batch, boxes_per_image), generator=g)
+    return images, boxes * mask[..., None], torch.where(mask, labels, -1)
+
+
+def sgd(model: nn.Module) -> torch.optim.Optimizer:
+    """The same optimiser for both sides (YOLOX's momentum and Nesterov)."""
+    return torch.optim.SGD(
+        model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+
+
+class Side:
+    """One model + loss + optimiser, with a ``step()`` that returns its wall time."""
+
+    name: str
+    assign_timer: Timer
+
+    def step(self) -> float:
+        raise NotImplementedError
+
+
+class Ours(Side):
+    name = "ours"
+
+    def __init__(self, model_name: str, images: Tensor, boxes: Tensor, labels: Tensor) -> None:
+        self.model = build_model(model_name, NUM_CLASSES).train()
+        self.loss = YOLOXLoss(NUM_CLASSES)
+        self.optim = sgd(self.model)
+        self.images, self.boxes, self.labels = images, boxes, labels
+        self.assign_timer = Timer()
+        # time the assignment through the name the loss module calls
+        detector.losses.simota_assign = self.assign_timer.wrap(detector.losses.simota_assign)
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        maps = self.model(self.images)
+        loss = self.loss(maps, self.boxes, self.labels)["total"]
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
+        elapsed = time.perf_counter() - start
+        self.assign_timer.close_step()
+        return elapsed
+
+
+class Official(Side):
+    name = "official"
+
+    def __init__(self, exp_name: str, images: Tensor, boxes: Tensor, labels: Tensor) -> None:
+        from yolox.exp import get_exp
+
+        exp = get_exp(exp_name=exp_name)
+        exp.num_classes = NUM_CLASSES
+        self.model = exp.get_model().train()
+        self.optim = sgd(self.model)
+        # official targets: [B, M, 5] = class, cx, cy, w, h; padding rows all zero
+        targets = torch.cat((labels[..., None].float(), xyxy_to_cxcywh(boxes)), -1)
+        self.targets = targets * (labels >= 0)[..., None]
+        self.images = images
+        self.assign_timer = Timer()
+        head = self.model.head
+        head.get_assignments = self.assign_timer.wrap(head.get_assignments)
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        loss = self.model(self.images, self.targets)["total_loss"]
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
+        elapsed = time.perf_counter() - start
+        self.assign_timer.close_step()
+        return elapsed
+
+
+def run_case(case: str, repeats: int, warmup: int, boxes_per_image: int) -> dict[str, object]:
+    ours_name, exp_name, size, batch = CASES[case]
+    images, boxes, labels = synthetic_batch(size, batch, boxes_per_image, seed=0)
+    torch.manual_seed(0)
+    sides: list[Side] = [
+        Official(exp_name, images, boxes, labels),
+        Ours(ours_name, images, boxes, labels),
+    ]
+    times: dict[str, list[float]] = {s.name: [] for s in sides}
+    for round_index in range(warmup + repeats):
+        order = sides if round_index % 2 == 0 else sides[::-1]
+        for side in order:
+            elapsed = side.step()
+            if round_index >= warmup:
+                times[side.name].append(elapsed)
+            else:
+                side.assign_timer.per_step.clear()
+        LOG.info("%s round %d: %s", case, round_index, {k: v[-1:] for k, v in times.items()})
+    result: dict[str, object] = {"case": case, "size": size, "batch": batch}
+    for side in sides:
+        step = statistics.median(times[side.name])
+        assign = statistics.median(side.assign_timer.per_step)
+        result[side.name] = {"step_s": step, "assign_s": assign, "assign_share": assign / step}
+    result["ratio"] = result["ours"]["step_s"] / result["official"]["step_s"]  # type: ignore[index]
+    # restore the loss module's function for a next case
+    detector.losses.simota_assign = detector.losses.simota_assign.__wrapped__  # type: ignore[attr-defined]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--boxes", type=int, default=4, help="at most this many boxes per image")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"threads {args.threads}, repeats {args.repeats} (+{args.warmup} warm-up), "
+        f"1..{args.boxes} boxes per image, {NUM_CLASSES} classes"
+    )
+    print("| case | side | step s (median) | assignment s | assignment share | ours / official |")
+    print("|---|---|---|---|---|---|")
+    for case in args.cases:
+        r = run_case(case, args.repeats, args.warmup, args.boxes)
+        for side in ("official", "ours"):
+            s = r[side]
+            ratio = f"{r['ratio']:.2f}" if side == "ours" else ""
+            print(
+                f"| {case}@{r['size']} b{r['batch']} | {side} | {s['step_s']:.3f} | "
+                f"{s['assign_s']:.4f} | {s['assign_share']:.1%} | {ratio} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
