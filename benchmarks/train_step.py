@@ -2,10 +2,12 @@
 
 One step = forward in train mode + loss (SimOTA included) + backward + SGD step, on a fixed
 synthetic batch (random images, a few random boxes per image, 80 classes). The official trainer is
-CUDA-only, so its model, its loss (``YOLOXHead.get_losses``) and the same SGD are timed in the same
-loop. The two sides alternate (order flipped every round); we report medians over the rounds and
-the share of the step spent in label assignment (``simota_assign`` here, ``get_assignments``
-summed over the images there).
+CUDA-only, so its model, its loss (``YOLOXHead.get_losses``) and its SGD (``exp.get_optimizer``)
+are timed in the same loop; ours uses ``detector.engine.optim.build_sgd`` (the same three groups).
+The two sides alternate (order flipped every round); we report medians over the rounds and the
+share of the step spent in label assignment (``simota_assign`` here, ``get_assignments`` summed
+over the images there). Each round also times the loss alone (forward + backward from the same
+raw maps) on both sides, which isolates the assignment and loss from the network.
 
     .venv/bin/python benchmarks/train_step.py                       # nano@416 b8, s@640 b4
     .venv/bin/python benchmarks/train_step.py --cases nano --repeats 5
@@ -23,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import detector.losses
 from detector.boxes import xyxy_to_cxcywh
+from detector.engine.optim import build_sgd
 from detector.losses import YOLOXLoss
 from detector.models import build_model
 
@@ -81,13 +84,6 @@ def synthetic_batch(
     return images, boxes * mask[..., None], torch.where(mask, labels, -1)
 
 
-def sgd(model: nn.Module) -> torch.optim.Optimizer:
-    """The same optimiser for both sides (YOLOX's momentum and Nesterov)."""
-    return torch.optim.SGD(
-        model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, weight_decay=5e-4
-    )
-
-
 class Side:
     """One model + loss + optimiser, with a ``step()`` that returns its wall time."""
 
@@ -97,6 +93,10 @@ class Side:
     def step(self) -> float:
         raise NotImplementedError
 
+    def loss_only(self, maps: list[Tensor]) -> float:
+        """Seconds for the loss forward + backward from raw maps ``[B, 5 + C, H_i, W_i]``."""
+        raise NotImplementedError
+
 
 class Ours(Side):
     name = "ours"
@@ -104,7 +104,7 @@ class Ours(Side):
     def __init__(self, model_name: str, images: Tensor, boxes: Tensor, labels: Tensor) -> None:
         self.model = build_model(model_name, NUM_CLASSES).train()
         self.loss = YOLOXLoss(NUM_CLASSES)
-        self.optim = sgd(self.model)
+        self.optim = build_sgd(self.model, lr=1e-4)  # our trainer's: YOLOX's three groups
         self.images, self.boxes, self.labels = images, boxes, labels
         self.assign_timer = Timer()
         # time the assignment through the name the loss module calls
@@ -121,6 +121,13 @@ class Ours(Side):
         self.assign_timer.close_step()
         return elapsed
 
+    def loss_only(self, maps: list[Tensor]) -> float:
+        start = time.perf_counter()
+        self.loss(maps, self.boxes, self.labels)["total"].backward()
+        elapsed = time.perf_counter() - start
+        self.assign_timer.close_step()
+        return elapsed
+
 
 class Official(Side):
     name = "official"
@@ -131,7 +138,7 @@ class Official(Side):
         exp = get_exp(exp_name=exp_name)
         exp.num_classes = NUM_CLASSES
         self.model = exp.get_model().train()
-        self.optim = sgd(self.model)
+        self.optim = exp.get_optimizer(images.shape[0])  # its trainer's: the same three groups
         # official targets: [B, M, 5] = class, cx, cy, w, h; padding rows all zero
         targets = torch.cat((labels[..., None].float(), xyxy_to_cxcywh(boxes)), -1)
         self.targets = targets * (labels >= 0)[..., None]
@@ -150,6 +157,27 @@ class Official(Side):
         self.assign_timer.close_step()
         return elapsed
 
+    def loss_only(self, maps: list[Tensor]) -> float:
+        """The official head's own training-mode path from its raw outputs: decode per level
+        (``get_output_and_grid``), then ``get_losses``."""
+        head = self.model.head
+        maps = [m.clone() for m in maps]  # non-leaf, as in its forward (it decodes in place)
+        start = time.perf_counter()
+        outputs, x_shifts, y_shifts, strides = [], [], [], []
+        for k, (m, stride) in enumerate(zip(maps, head.strides)):
+            out, grid = head.get_output_and_grid(m, k, stride, m.type())
+            outputs.append(out)
+            x_shifts.append(grid[:, :, 0])
+            y_shifts.append(grid[:, :, 1])
+            strides.append(torch.full((1, grid.shape[1]), float(stride)))
+        losses = head.get_losses(
+            None, x_shifts, y_shifts, strides, self.targets, torch.cat(outputs, 1), [], m.dtype
+        )
+        losses[0].backward()
+        elapsed = time.perf_counter() - start
+        self.assign_timer.close_step()
+        return elapsed
+
 
 def run_case(case: str, repeats: int, warmup: int, boxes_per_image: int) -> dict[str, object]:
     ours_name, exp_name, size, batch = CASES[case]
@@ -159,22 +187,41 @@ def run_case(case: str, repeats: int, warmup: int, boxes_per_image: int) -> dict
         Official(exp_name, images, boxes, labels),
         Ours(ours_name, images, boxes, labels),
     ]
+    with torch.no_grad():
+        raw = [m.detach() for m in sides[1].model(images)]  # type: ignore[attr-defined]
     times: dict[str, list[float]] = {s.name: [] for s in sides}
+    loss_times: dict[str, list[float]] = {s.name: [] for s in sides}
     for round_index in range(warmup + repeats):
         order = sides if round_index % 2 == 0 else sides[::-1]
         for side in order:
             elapsed = side.step()
+            loss_elapsed = side.loss_only([m.clone().requires_grad_(True) for m in raw])
+            side.assign_timer.per_step.pop()  # keep the assignment time of the full steps
             if round_index >= warmup:
                 times[side.name].append(elapsed)
+                loss_times[side.name].append(loss_elapsed)
             else:
                 side.assign_timer.per_step.clear()
-        LOG.info("%s round %d: %s", case, round_index, {k: v[-1:] for k, v in times.items()})
+        LOG.info(
+            "%s round %d: step %s, loss only %s",
+            case,
+            round_index,
+            {k: v[-1:] for k, v in times.items()},
+            {k: v[-1:] for k, v in loss_times.items()},
+        )
     result: dict[str, object] = {"case": case, "size": size, "batch": batch}
     for side in sides:
         step = statistics.median(times[side.name])
         assign = statistics.median(side.assign_timer.per_step)
-        result[side.name] = {"step_s": step, "assign_s": assign, "assign_share": assign / step}
-    result["ratio"] = result["ours"]["step_s"] / result["official"]["step_s"]  # type: ignore[index]
+        result[side.name] = {
+            "step_s": step,
+            "assign_s": assign,
+            "assign_share": assign / step,
+            "loss_s": statistics.median(loss_times[side.name]),
+        }
+    ours, official = result["ours"], result["official"]
+    result["ratio"] = ours["step_s"] / official["step_s"]  # type: ignore[index]
+    result["loss_ratio"] = ours["loss_s"] / official["loss_s"]  # type: ignore[index]
     # restore the loss module's function for a next case
     detector.losses.simota_assign = detector.losses.simota_assign.__wrapped__  # type: ignore[attr-defined]
     return result
@@ -195,16 +242,21 @@ def main() -> None:
         f"threads {args.threads}, repeats {args.repeats} (+{args.warmup} warm-up), "
         f"1..{args.boxes} boxes per image, {NUM_CLASSES} classes"
     )
-    print("| case | side | step s (median) | assignment s | assignment share | ours / official |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| case | side | step s (median) | ours / official | assignment s (in the step) "
+        "| assignment share | loss fwd+bwd alone s | ours / official |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for case in args.cases:
         r = run_case(case, args.repeats, args.warmup, args.boxes)
         for side in ("official", "ours"):
             s = r[side]
             ratio = f"{r['ratio']:.2f}" if side == "ours" else ""
+            loss_ratio = f"{r['loss_ratio']:.2f}" if side == "ours" else ""
             print(
-                f"| {case}@{r['size']} b{r['batch']} | {side} | {s['step_s']:.3f} | "
-                f"{s['assign_s']:.4f} | {s['assign_share']:.1%} | {ratio} |",
+                f"| {case}@{r['size']} b{r['batch']} | {side} | {s['step_s']:.3f} | {ratio} | "
+                f"{s['assign_s']:.4f} | {s['assign_share']:.1%} | {s['loss_s']:.3f} | "
+                f"{loss_ratio} |",
                 flush=True,
             )
 
