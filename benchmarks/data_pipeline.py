@@ -97,13 +97,16 @@ def main() -> int:
     cfg = load_data_config(args.data)
     ours_set = build_dataset(cfg, "train", cache=args.cache)
     json_path = cfg.root / cfg.train
-    tmp = Path(tempfile.mkdtemp(prefix="yolox_layout_"))  # YOLOX wants root/annotations/<json>
-    (tmp / "annotations").mkdir()
-    (tmp / "annotations" / json_path.name).symlink_to(json_path)
-    (tmp / "images").symlink_to(cfg.root / cfg.images)
+    base = Path(tempfile.mkdtemp(prefix="yolox_layout_"))
 
     rows = []
     for size in args.sizes:
+        # YOLOX wants root/annotations/<json>; one root per size, as its RAM cache file is
+        # named after the split only
+        tmp = base / str(size)
+        (tmp / "annotations").mkdir(parents=True)
+        (tmp / "annotations" / json_path.name).symlink_to(json_path)
+        (tmp / "images").symlink_to(cfg.root / cfg.images)
         for workers in args.workers:
             makers = {
                 "yolox": partial(yolox_loader, tmp, json_path.name, size, args.batch, workers,
