@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import cv2
@@ -27,8 +28,9 @@ LOGGER = logging.getLogger(__name__)
 
 
 class TrainBatch(NamedTuple):
-    """``images`` float32 ``[B, 3, H, W]`` BGR 0-255; ``boxes`` float32 ``[B, M, 4]`` xyxy input
-    pixels, zero-padded; ``labels`` int64 ``[B, M]``, -1 where padded."""
+    """``images`` ``[B, 3, H, W]`` BGR 0-255, float32 (uint8 if the loader was asked to);
+    ``boxes`` float32 ``[B, M, 4]`` xyxy input pixels, zero-padded; ``labels`` int64 ``[B, M]``,
+    -1 where padded."""
 
     images: torch.Tensor
     boxes: torch.Tensor
@@ -137,11 +139,15 @@ class EpochSampler(Sampler):
             yield epoch, use_mosaic, int(index)
 
 
-def collate_train(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> TrainBatch:
-    """Stack uint8 images into float32 ``[B, 3, H, W]``; pad boxes/labels to the batch's largest
-    count ``M`` (at least 1)."""
+def collate_train(
+    items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], float_images: bool = True
+) -> TrainBatch:
+    """Stack uint8 images into ``[B, 3, H, W]`` (float32, or uint8 with ``float_images=False``);
+    pad boxes/labels to the batch's largest count ``M`` (at least 1)."""
     # HWC -> CHW on uint8 in numpy (a strided torch permute + float copy is ~7x slower)
-    images = torch.from_numpy(np.stack([item[0].transpose(2, 0, 1) for item in items])).float()
+    images = torch.from_numpy(np.stack([item[0].transpose(2, 0, 1) for item in items]))
+    if float_images:
+        images = images.float()
     count = max(1, max(len(item[1]) for item in items))
     boxes = torch.zeros((len(items), count, 4), dtype=torch.float32)
     labels = torch.full((len(items), count), -1, dtype=torch.int64)
@@ -161,7 +167,7 @@ class TrainLoader:
 
     def __init__(self, dataset: DetectionDataset, imgsz: int | tuple[int, int], batch_size: int,
                  augment: AugmentConfig, mosaic: bool, workers: int, seed: int,
-                 sampler: Sampler | None, drop_last: bool) -> None:  # fmt: skip
+                 sampler: Sampler | None, drop_last: bool, float_images: bool) -> None:  # fmt: skip
         self.dataset = dataset
         self.train_dataset = TrainDataset(dataset, imgsz, augment, seed)
         self.sampler = EpochSampler(len(dataset), seed, sampler)
@@ -173,7 +179,8 @@ class TrainLoader:
                       "worker_init_fn": _worker_init}  # fmt: skip
         self.loader = DataLoader(
             self.train_dataset, batch_size=batch_size, sampler=self.sampler,
-            num_workers=workers, collate_fn=collate_train, drop_last=drop_last,
+            num_workers=workers, collate_fn=partial(collate_train, float_images=float_images),
+            drop_last=drop_last,
             pin_memory=torch.cuda.is_available(), **kwargs,
         )  # fmt: skip
 
@@ -204,15 +211,17 @@ def build_train_loader(
     seed: int = 0,
     sampler: Sampler | None = None,
     drop_last: bool = True,
+    float_images: bool = True,
 ) -> TrainLoader:
     """Loader of augmented ``TrainBatch`` es at ``imgsz``; ``mosaic=False`` is the final phase
     (TrainTransform only: HSV, flip, letterbox). ``sampler`` (e.g. ``DistributedSampler``)
-    replaces the seeded shuffle."""
+    replaces the seeded shuffle. ``float_images=False`` keeps images uint8 (4x less to move
+    between processes and to the GPU; call ``.float()`` on the device)."""
     if len(dataset) < batch_size and drop_last:
         LOGGER.warning("%s: %d images < batch %d with drop_last: no batches", dataset.name,
                        len(dataset), batch_size)  # fmt: skip
     return TrainLoader(dataset, imgsz, batch_size, augment or AugmentConfig(), mosaic, workers,
-                       seed, sampler, drop_last)  # fmt: skip
+                       seed, sampler, drop_last, float_images)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- multi-scale
@@ -223,13 +232,13 @@ def random_input_size(rng: np.random.Generator, base: int, range_: int) -> int:
 
 
 def resize_batch(batch: TrainBatch, size: int | tuple[int, int]) -> TrainBatch:
-    """Resize a batch's images (bilinear) to ``size`` and scale its boxes to match."""
+    """Resize a batch's images (bilinear, float32 out) to ``size``, scaling its boxes to match."""
     height, width = as_size(size)
     old_h, old_w = batch.images.shape[-2:]
     if (old_h, old_w) == (height, width):
         return batch
     images = torch.nn.functional.interpolate(
-        batch.images, size=(height, width), mode="bilinear", align_corners=False
+        batch.images.float(), size=(height, width), mode="bilinear", align_corners=False
     )
     scale = torch.tensor([width / old_w, height / old_h] * 2, dtype=batch.boxes.dtype,
                          device=batch.boxes.device)  # fmt: skip

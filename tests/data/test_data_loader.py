@@ -90,6 +90,14 @@ def test_final_phase_is_letterbox_hsv_flip(dataset):
         np.testing.assert_allclose(batch.boxes[k, :count].numpy(), sample.boxes * ratio, atol=1e-3)
 
 
+def test_uint8_images_option(dataset):
+    as_float = next(iter(build_train_loader(dataset, 64, 2, workers=0, seed=1)))
+    as_uint8 = next(iter(build_train_loader(dataset, 64, 2, workers=0, seed=1, float_images=False)))
+    assert as_uint8.images.dtype == torch.uint8
+    assert torch.equal(as_uint8.images.float(), as_float.images)
+    assert resize_batch(as_uint8, 96).images.dtype == torch.float32
+
+
 def test_sampler_passthrough(dataset):
     inner = list(range(len(dataset)))[::-1]
     loader = build_train_loader(dataset, 64, 4, AugmentConfig(), True, 0, 0, sampler=inner)
