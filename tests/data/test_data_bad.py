@@ -134,3 +134,16 @@ def test_boxes_clipped_and_degenerate_dropped_with_one_log_line(tmp_path: Path, 
     np.testing.assert_array_equal(ds.records[0].labels, [0, 0, 1])
     lines = [r.getMessage() for r in caplog.records if "clipped" in r.getMessage()]
     assert len(lines) == 1 and "clipped 2 boxes" in lines[0] and "dropped 2" in lines[0]
+
+
+def test_yolo_image_without_label_file_has_no_boxes_and_skip_counts_bad(tmp_path: Path, caplog):
+    path = _yolo(tmp_path, "1 0.5 0.5 0.5 0.25\n")
+    cv2.imwrite(str(tmp_path / "images/nolabel.jpg"), np.full((16, 24, 3), 50, np.uint8))
+    (tmp_path / "images/bad.jpg").write_bytes(b"\x00garbage")
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset(load_data_config(path, ["on_bad_image=skip"]), "train")
+    assert sorted(r.path.name for r in ds.records) == ["im.jpg", "nolabel.jpg"]
+    by_name = {r.path.name: r for r in ds.records}
+    assert by_name["nolabel.jpg"].boxes.shape == (0, 4)
+    np.testing.assert_allclose(by_name["im.jpg"].boxes, [[8, 12, 24, 20]])
+    assert any("skipped 1 unreadable images" in r.getMessage() for r in caplog.records)

@@ -133,3 +133,14 @@ def test_eval_loader_letterboxes_with_detector_preprocess(dataset):
     assert batch.image_ids == [r.image_id for r in dataset.records[:5]]
     total = sum(len(b.image_ids) for b in build_eval_loader(Subset(dataset, [1, 3]), 64, 4))
     assert total == 2
+
+
+def test_ram_cache_keeps_targets_and_feeds_the_loader(small_synth: Path):
+    cfg = load_data_config(small_synth)
+    plain, cached = build_dataset(cfg, "train"), build_dataset(cfg, "train", cache=True)
+    for i in (0, 5):
+        a, b = plain.load(i), cached.load(i)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+    batch = next(iter(build_train_loader(cached, 64, 4, workers=0, seed=0)))
+    assert batch.images.shape == (4, 3, 64, 64)
