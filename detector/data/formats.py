@@ -171,7 +171,8 @@ def _read_voc_xml(
 def read_yolo(root: Path, split: str, names: list[str]) -> ReadResult:
     """YOLO txt: ``split`` is an image folder (or a .txt list of images) under ``root``; each
     image's labels are in the parallel ``labels/`` folder, one ``class cx cy w h`` line per box,
-    normalised to 0-1. An image without a label file has no boxes."""
+    normalised to 0-1 (a ``class x1 y1 x2 y2 ...`` polygon line counts as its box). An image
+    without a label file has no boxes."""
     from PIL import Image  # header reads only: the size is needed to turn 0-1 into pixels
 
     images = _yolo_images(root, split)
@@ -218,14 +219,19 @@ def _read_yolo_txt(txt: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]
         if not fields:
             continue
         try:
-            if len(fields) != 5:
+            if len(fields) < 5 or (len(fields) > 5 and len(fields) % 2 == 0):
                 raise ValueError
             cls = int(fields[0])
             values = [float(v) for v in fields[1:]]
         except ValueError:
             raise DataError(
-                f"{txt}:{lineno}: malformed line {line.strip()!r}, expected 'class cx cy w h'"
+                f"{txt}:{lineno}: malformed line {line.strip()!r}, expected 'class cx cy w h' "
+                "(or 'class x1 y1 x2 y2 x3 y3 ...', a polygon)"
             ) from None
+        if len(values) > 4:  # a segmentation polygon, as Ultralytics allows: use its box
+            xs, ys = values[0::2], values[1::2]
+            values = [(min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2,
+                      max(xs) - min(xs), max(ys) - min(ys)]  # fmt: skip
         check_labels(np.asarray([cls]), num_classes, f"{txt}:{lineno}")
         rows.append(values)
         labels.append(cls)

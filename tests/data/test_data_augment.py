@@ -29,7 +29,7 @@ def _solid_dataset(root: Path, count: int = 6, empty: bool = False) -> Detection
         h, w = int(rng.integers(60, 140)), int(rng.integers(60, 140))
         image = np.full((h, w, 3), 128, np.uint8)
         boxes, labels = [], []
-        for k in range(0 if empty else 2):
+        for k in range(0 if empty or i % 3 == 2 else 2):  # every third image has no boxes
             x1 = int(rng.integers(0, w // 2 - 12)) + k * (w // 2)
             y1 = int(rng.integers(0, h - 24))
             x2, y2 = x1 + int(rng.integers(12, w // 2 - (x1 - k * (w // 2)) + 1)), y1 + 20

@@ -84,7 +84,9 @@ def test_yolo_class_out_of_range_names_file_and_line(tmp_path: Path):
         build_dataset(load_data_config(path), "train")
 
 
-@pytest.mark.parametrize("line", ["0 0.5 0.5 0.2", "a 0.5 0.5 0.2 0.2", "0 0.5 x 0.2 0.2"])
+@pytest.mark.parametrize(
+    "line", ["0 0.5 0.5 0.2", "a 0.5 0.5 0.2 0.2", "0 0.5 x 0.2 0.2", "0 0.1 0.1 0.2 0.2 0.3"]
+)
 def test_yolo_malformed_line_names_file_and_line(tmp_path: Path, line: str):
     path = _yolo(tmp_path, f"1 0.5 0.5 0.2 0.2\n\n{line}\n")
     with pytest.raises(DataError, match=r"im\.txt:3: malformed line"):
@@ -147,3 +149,9 @@ def test_yolo_image_without_label_file_has_no_boxes_and_skip_counts_bad(tmp_path
     assert by_name["nolabel.jpg"].boxes.shape == (0, 4)
     np.testing.assert_allclose(by_name["im.jpg"].boxes, [[8, 12, 24, 20]])
     assert any("skipped 1 unreadable images" in r.getMessage() for r in caplog.records)
+
+
+def test_yolo_polygon_line_counts_as_its_box(tmp_path: Path):
+    path = _yolo(tmp_path, "1 0.25 0.5 0.75 0.25 0.5 0.75\n")
+    ds = build_dataset(load_data_config(path), "train")
+    np.testing.assert_allclose(ds.records[0].boxes, [[8, 8, 24, 24]])
