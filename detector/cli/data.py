@@ -79,7 +79,7 @@ def run_bench(args: argparse.Namespace) -> int:
         dataset, args.imgsz, args.batch, AugmentConfig.for_model(args.model),
         mosaic=not args.no_mosaic, workers=args.workers, seed=0, drop_last=False,
     )  # fmt: skip
-    rate = images_per_second(_forever(loader), args.batches)
+    rate = images_per_second(_forever(loader), args.batches, warmup=1 + 2 * args.workers)
     print(f"{dataset.name}: imgsz {args.imgsz}, batch {args.batch}, workers {args.workers}, "
           f"mosaic {not args.no_mosaic}, cache {args.cache}: {rate:.1f} images/s")  # fmt: skip
     return 0
