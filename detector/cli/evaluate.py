@@ -1,0 +1,69 @@
+"""``detector eval``: COCO mAP of a checkpoint on a dataset split."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint (COCO mAP)",
+        description="Evaluate weights on a dataset split with pycocotools: prints the 12 COCO "
+        "numbers and a per-class AP table; --json writes them (keys mAP and mAP50 included).",
+    )
+    parser.add_argument("--weights", required=True, help="our .pt checkpoint or official .pth")
+    parser.add_argument("--data", required=True, help="dataset config YAML")
+    parser.add_argument("--model", help="model name, needed only for official YOLOX .pth files")
+    parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's)")
+    parser.add_argument("--conf", type=float, default=0.01, help="confidence threshold")
+    parser.add_argument("--nms", type=float, default=0.65, help="NMS IoU threshold")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--voc", action="store_true", help="also report VOC-style mAP@0.5")
+    parser.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from detector.data import build_dataset, load_data_config
+    from detector.engine.distributed import resolve_device
+    from detector.engine.validate import evaluate_predictions, predict_split
+    from detector.eval import format_per_class_table, voc_map50_from_predictions
+    from detector.models import model_from_checkpoint
+
+    device = resolve_device(args.device)
+    dataset = build_dataset(load_data_config(args.data), args.split)
+    model, meta = model_from_checkpoint(args.weights, name=args.model)
+    if model.num_classes != dataset.num_classes:
+        raise ValueError(
+            f"{args.weights}: the model has {model.num_classes} classes but {args.data} has "
+            f"{dataset.num_classes}"
+        )
+    imgsz = args.imgsz or int((meta.get("input_size") or [model_default_size(model)])[0])
+    model = model.to(device).eval()
+    predictions = predict_split(
+        model, dataset, imgsz, device, args.batch, args.workers, args.conf, args.nms
+    )
+    result = evaluate_predictions(predictions, dataset)
+    report = result.to_dict()
+    print(result.summary())
+    print(format_per_class_table(result))
+    if args.voc:
+        report["voc_mAP50"] = voc_map50_from_predictions(predictions, dataset)
+        print(f"VOC mAP@0.5: {report['voc_mAP50']:.4f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def model_default_size(model) -> int:
+    from detector.models import get_model_config
+
+    return get_model_config(model.name).input_size

@@ -1,0 +1,1 @@
+"""Training machinery: configuration, the trainer loop, checkpoints, EMA, schedules, DDP."""
