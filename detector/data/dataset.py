@@ -79,11 +79,13 @@ class DetectionDataset:
                 missing.append(record.path)
                 continue
             check_labels(record.labels, self.num_classes, str(record.path))
-            boxes, labels, s = sanitize_boxes(
+            boxes, labels, s, keep = sanitize_boxes(
                 record.boxes, record.labels, record.width, record.height
             )
             stats.add(s)
             record.boxes, record.labels = boxes, labels
+            if record.areas is not None:
+                record.areas = record.areas[keep]
             kept.append(record)
         if missing:
             LOGGER.warning("%s: skipped %d missing images (first: %s)", self.name,
@@ -130,7 +132,7 @@ class DetectionDataset:
                 [width / record.width, height / record.height] * 2, np.float32
             )
         if len(boxes):
-            boxes, labels, _ = sanitize_boxes(boxes, labels, width, height)
+            boxes, labels, _, _ = sanitize_boxes(boxes, labels, width, height)
         return Sample(image, boxes, labels, record.image_id, record.path)
 
     def fill_cache(self, threads: int = 4) -> None:
@@ -164,20 +166,25 @@ class DetectionDataset:
 
     def coco_ground_truth(self) -> dict[str, Any]:
         """The split as a COCO ground-truth dict (``bbox`` xywh, ``area``, ``iscrowd`` 0),
-        category ids from ``category_ids``."""
+        category ids from ``category_ids``. COCO data keep their annotated areas (mask areas,
+        which decide small/medium/large) and their ``iscrowd`` 1 regions, so the numbers match
+        an evaluation against the original JSON."""
         images, annotations = [], []
         for i, record in enumerate(self.records):
             height, width = self.image_size(i)
             images.append({"id": record.image_id, "file_name": record.path.name,
                            "width": width, "height": height})  # fmt: skip
             xywh = xyxy_to_xywh(record.boxes)
-            areas = box_area(record.boxes)
+            areas = box_area(record.boxes) if record.areas is None else record.areas
             for box, area, label in zip(xywh, areas, record.labels):
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": record.image_id,
                     "category_id": self.category_ids[int(label)],
                     "bbox": [float(v) for v in box], "area": float(area), "iscrowd": 0,
                 })  # fmt: skip
+            for crowd in record.crowd:
+                annotations.append({"id": len(annotations) + 1, "image_id": record.image_id,
+                                    **crowd, "iscrowd": 1})  # fmt: skip
         categories = [{"id": cid, "name": name}
                       for cid, name in zip(self.category_ids, self.class_names)]  # fmt: skip
         return {"images": images, "annotations": annotations, "categories": categories}

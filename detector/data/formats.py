@@ -77,7 +77,7 @@ def read_coco(json_path: Path, image_dir: Path, names: list[str]) -> ReadResult:
         LOGGER.warning("%s: category names differ from the config's names", json_path)
     label_of = {cid: i for i, cid in enumerate(category_ids)}
 
-    per_image: dict[int, tuple[list[list[float]], list[int]]] = {}
+    per_image: dict[int, tuple[list[list[float]], list[int], list[float], list[dict]]] = {}
     sizes: dict[int, tuple[str, int, int]] = {}
     for image in data["images"]:
         try:
@@ -88,11 +88,9 @@ def read_coco(json_path: Path, image_dir: Path, names: list[str]) -> ReadResult:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{json_path}: image entry {image!r} is malformed ({exc})") from exc
-        per_image[int(image["id"])] = ([], [])
+        per_image[int(image["id"])] = ([], [], [], [])
     for ann in data["annotations"]:
         ann_id = ann.get("id", "?")
-        if ann.get("iscrowd", 0):
-            continue
         image_id = ann.get("image_id")
         if image_id not in per_image:
             raise DataError(f"{json_path}: annotation id {ann_id}: unknown image_id {image_id}")
@@ -105,18 +103,25 @@ def read_coco(json_path: Path, image_dir: Path, names: list[str]) -> ReadResult:
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise DataError(f"{json_path}: annotation id {ann_id}: bbox must be [x, y, w, h]")
-        per_image[image_id][0].append([float(v) for v in bbox])
+        bbox = [float(v) for v in bbox]
+        area = float(ann.get("area", bbox[2] * bbox[3]))
+        if ann.get("iscrowd", 0):  # not a target; kept for evaluation as an ignore region
+            per_image[image_id][3].append({"category_id": cid, "bbox": bbox, "area": area})
+            continue
+        per_image[image_id][0].append(bbox)
         per_image[image_id][1].append(label_of[cid])
+        per_image[image_id][2].append(area)
 
     records = []
     for image_id, (file_name, width, height) in sizes.items():
-        xywh, labels = per_image[image_id]
+        xywh, labels, areas, crowd = per_image[image_id]
         if xywh:
             boxes = xywh_to_xyxy(np.asarray(xywh, np.float32))
             labels_np = np.asarray(labels, np.int64)
         else:
             boxes, labels_np = empty_targets()
-        records.append(Record(image_dir / file_name, image_id, boxes, labels_np, width, height))
+        records.append(Record(image_dir / file_name, image_id, boxes, labels_np, width, height,
+                              np.asarray(areas, np.float32), crowd))  # fmt: skip
     return ReadResult(records, category_ids)
 
 

@@ -32,6 +32,8 @@ class Record:
     labels: np.ndarray  # int64 [K]
     width: int = 0
     height: int = 0
+    areas: np.ndarray | None = None  # float32 [K] areas from the annotation file (COCO), if any
+    crowd: list[dict] = field(default_factory=list)  # COCO iscrowd=1 annotations, evaluation only
 
 
 @dataclass
@@ -65,16 +67,17 @@ def empty_targets() -> tuple[np.ndarray, np.ndarray]:
 
 def sanitize_boxes(
     boxes: np.ndarray, labels: np.ndarray, width: float, height: float
-) -> tuple[np.ndarray, np.ndarray, SanitizeStats]:
+) -> tuple[np.ndarray, np.ndarray, SanitizeStats, np.ndarray]:
     """Clip ``[K, 4]`` xyxy boxes to ``width`` x ``height`` and drop those under 1 px.
 
-    Returns float32 boxes, int64 labels and the counts of clipped and dropped boxes.
+    Returns float32 boxes, int64 labels, the counts of clipped and dropped boxes, and the bool
+    ``[K]`` mask of the boxes kept.
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     labels = np.asarray(labels, np.int64).reshape(-1)
     stats = SanitizeStats()
     if len(boxes) == 0:
-        return boxes, labels, stats
+        return boxes, labels, stats, np.ones(0, bool)
     if width > 0 and height > 0:
         clipped = boxes.copy()
         clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
@@ -88,7 +91,7 @@ def sanitize_boxes(
     )
     stats.clipped = int((changed & keep).sum())
     stats.dropped = int((~keep).sum())
-    return boxes[keep], labels[keep], stats
+    return boxes[keep], labels[keep], stats, keep
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:

@@ -71,7 +71,15 @@ def test_coco_non_contiguous_ids_map_and_map_back(tmp_path: Path):
         "categories": [{"id": 90, "name": "z"}, {"id": 3, "name": "a"}, {"id": 17, "name": "m"}],
         "annotations": [
             {"id": 1, "image_id": 7, "category_id": 17, "bbox": [1, 2, 10, 20], "area": 200},
-            {"id": 2, "image_id": 7, "category_id": 90, "bbox": [5, 5, 4, 4], "area": 16},
+            {"id": 2, "image_id": 7, "category_id": 90, "bbox": [5, 5, 4, 4], "area": 12.5},
+            {
+                "id": 3,
+                "image_id": 7,
+                "category_id": 3,
+                "bbox": [0, 0, 30, 30],
+                "area": 700,
+                "iscrowd": 1,
+            },
         ],
     }
     (tmp_path / "ann.json").write_text(json.dumps(data))
@@ -82,8 +90,11 @@ def test_coco_non_contiguous_ids_map_and_map_back(tmp_path: Path):
     assert ds.category_ids == [3, 17, 90]
     np.testing.assert_array_equal(ds.records[0].labels, [1, 2])
     np.testing.assert_array_equal(ds.records[0].boxes[0], [1, 2, 11, 22])
+    assert len(ds.records[0].labels) == 2  # the crowd region is no training target
     gt = ds.coco_ground_truth()
-    assert [a["category_id"] for a in gt["annotations"]] == [17, 90]
+    assert [a["category_id"] for a in gt["annotations"]] == [17, 90, 3]
+    assert [a["iscrowd"] for a in gt["annotations"]] == [0, 0, 1]
+    assert [a["area"] for a in gt["annotations"]] == [200, 12.5, 700]  # as annotated
     assert gt["annotations"][0]["bbox"] == [1.0, 2.0, 10.0, 20.0]
     assert gt["images"][0] == {"id": 7, "file_name": "a.png", "width": 60, "height": 50}
     assert {c["id"]: c["name"] for c in gt["categories"]} == {3: "a", 17: "m", 90: "z"}
@@ -92,4 +103,4 @@ def test_coco_non_contiguous_ids_map_and_map_back(tmp_path: Path):
     coco = COCO()
     coco.dataset = gt
     coco.createIndex()
-    assert len(coco.getAnnIds()) == 2
+    assert len(coco.getAnnIds()) == 3
