@@ -1,4 +1,4 @@
-"""Small generated datasets shared by the training tests."""
+"""Small generated datasets shared by the training and command-line tests."""
 
 from __future__ import annotations
 

@@ -1,0 +1,62 @@
+"""The train -> eval -> predict commands as a user runs them, on a tiny generated dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from detector.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli_runs")
+    code = main([
+        "train", "--model", "yolox_nano", "--data", str(tiny_data), "epochs=2", "batch=4",
+        "imgsz=128", "workers=0", "device=cpu", f"output_dir={out}", "name=cli",
+    ])  # fmt: skip
+    assert code == 0
+    return out / "cli"
+
+
+def test_train_writes_the_run_layout(trained: Path) -> None:
+    for name in ("weights/last.pt", "weights/best.pt", "metrics.csv", "metrics.png",
+                 "config.yaml", "pr_curves.png", "confusion_matrix.png",
+                 "val_predictions.png"):  # fmt: skip
+        assert (trained / name).is_file(), name
+
+
+def test_eval_writes_coco_json(trained: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "metrics.json"
+    code = main(["eval", "--weights", str(trained / "weights/best.pt"), "--data",
+                 str(tiny_data), "--json", str(out), "--voc"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    assert {"mAP", "mAP50", "voc_mAP50"} <= set(metrics)
+    assert 0.0 <= metrics["mAP"] <= metrics["mAP50"] <= 1.0
+    assert "Average Precision" in capsys.readouterr().out
+
+
+def test_predict_writes_images_and_json(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
+    images = sorted((tiny_data.parent / "images").glob("*.jpg"))[:3]
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    code = main(["predict", "--model", str(trained / "weights/best.pt"),
+                 *map(str, images), str(tmp_path / "broken.jpg"), "--out",
+                 str(tmp_path / "pred"), "--conf", "0.01"])  # fmt: skip
+    assert code == 0
+    records = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert [Path(r["image"]).name for r in records] == [p.name for p in images]
+    for image in images:
+        assert (tmp_path / "pred" / image.name).is_file()
+
+
+def test_errors_name_what_is_wrong(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    assert main(["train", "--model", "yolox_nano", "--data", str(tiny_data), "epoch=3"]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+    missing = tmp_path / "missing.pt"
+    assert main(["eval", "--weights", str(missing), "--data", str(tiny_data)]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
