@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -62,7 +61,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: refused by the weights-only loader (it holds more than tensors and plain "
             f"containers, or is not a PyTorch file): {first}"
         ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in the unpickler
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
         ) from exc

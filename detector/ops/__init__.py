@@ -1,0 +1,19 @@
+"""Inference operations on model outputs (plain functions on tensors)."""
+
+from detector.ops.postprocess import (
+    EVAL_CONF,
+    MAX_DET,
+    NMS_IOU,
+    PREDICT_CONF,
+    detections_to_original,
+    postprocess,
+)
+
+__all__ = [
+    "EVAL_CONF",
+    "MAX_DET",
+    "NMS_IOU",
+    "PREDICT_CONF",
+    "detections_to_original",
+    "postprocess",
+]

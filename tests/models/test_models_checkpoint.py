@@ -1,0 +1,158 @@
+"""Checkpoints: ours and the official format load strictly; wrong class count; bad files."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import pytest
+import torch
+
+from detector.models import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+
+NAME = "yolox_nano"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(NAME, num_classes=3).eval()
+
+
+def meta(num_classes: int = 3) -> dict:
+    return {
+        "model_name": NAME,
+        "num_classes": num_classes,
+        "class_names": [f"c{i}" for i in range(num_classes)],
+        "input_size": [416, 416],
+        "preprocess": {"input_height": 416, "input_width": 416},
+    }
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_our_checkpoint_round_trip(tmp_path, model):
+    path = tmp_path / "last.pt"
+    torch.save(
+        {"model": model.state_dict(), "optimizer": {"lr": 0.01}, "epoch": 3, "meta": meta()}, path
+    )
+    fresh = build_model(NAME, num_classes=3)
+    assert load_checkpoint(fresh, path) == meta()
+    assert same_weights(fresh, model)
+
+    built, got_meta = model_from_checkpoint(path)
+    assert not built.training and built.name == NAME and built.num_classes == 3
+    assert got_meta["class_names"] == ["c0", "c1", "c2"]
+    assert same_weights(built, model)
+
+
+def test_train_model_key(tmp_path, model):
+    path = tmp_path / "last.pt"
+    other = build_model(NAME, num_classes=3)
+    torch.save({"model": model.state_dict(), "train_model": other.state_dict()}, path)
+    fresh = build_model(NAME, num_classes=3)
+    load_checkpoint(fresh, path, key="train_model")
+    assert same_weights(fresh, other)
+    with pytest.raises(CheckpointError, match="no 'ema' entry"):
+        load_checkpoint(fresh, path, key="ema")
+
+
+def test_official_format_needs_a_name_and_infers_classes(tmp_path, model):
+    path = tmp_path / "yolox_nano.pth"
+    # the official trainer stores the best AP as a NumPy float
+    import numpy as np
+
+    torch.save({"start_epoch": 300, "model": model.state_dict(), "best_ap": np.float64(25.8)}, path)
+    with pytest.raises(CheckpointError, match=r"yolox_nano.pth.*pass the model name"):
+        model_from_checkpoint(path)
+    built, got_meta = model_from_checkpoint(path, name=NAME)
+    assert got_meta == {} and built.num_classes == 3 and same_weights(built, model)
+
+
+def test_bare_state_dict_is_accepted(tmp_path, model):
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    assert set(read_checkpoint(path)) == {"model"}
+
+
+def test_wrong_number_of_classes_loads_all_but_class_predictions(tmp_path, model, caplog):
+    path = tmp_path / "coco.pth"
+    torch.save({"model": model.state_dict()}, path)
+    target = build_model(NAME, num_classes=7)
+    before = {k: v.clone() for k, v in target.state_dict().items() if "cls_preds" in k}
+    with caplog.at_level(logging.WARNING, logger="detector.models.checkpoint"):
+        load_checkpoint(target, path)
+    assert "3 classes, the model 7" in caplog.text and "coco.pth" in caplog.text
+    state, source = target.state_dict(), model.state_dict()
+    for key in state:
+        if "cls_preds" in key:
+            assert torch.equal(state[key], before[key])
+        else:
+            assert torch.equal(state[key], source[key]), key
+
+    built, _ = model_from_checkpoint(path, name=NAME, num_classes=7)
+    assert built.num_classes == 7
+
+
+def test_wrong_model_size_fails_naming_the_file(tmp_path, model):
+    path = tmp_path / "nano.pt"
+    torch.save({"model": model.state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"nano.pt: does not fit model 'yolox_tiny'.*shape"):
+        load_checkpoint(build_model("yolox_tiny", num_classes=3), path)
+
+
+def test_missing_and_unexpected_keys(tmp_path, model):
+    state = dict(model.state_dict())
+    state.pop("head.stems.0.conv.weight")
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pt"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match="1 missing keys: head.stems.0.conv.weight") as err:
+        load_checkpoint(build_model(NAME, num_classes=3), path)
+    assert "1 unexpected keys: extra.weight" in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nope.pt: checkpoint file not found"):
+        read_checkpoint(tmp_path / "nope.pt")
+
+
+def test_truncated_file(tmp_path, model):
+    path = tmp_path / "cut.pt"
+    torch.save({"model": model.state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"cut.pt: not a readable"):
+        read_checkpoint(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        read_checkpoint(text)
+    listing = tmp_path / "list.pt"
+    torch.save([1, 2, 3], listing)
+    with pytest.raises(CheckpointError, match="list.pt: not a checkpoint"):
+        read_checkpoint(listing)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_arbitrary_objects_are_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "x": Payload()}, path, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="evil.pt: refused by the weights-only loader"):
+        read_checkpoint(path)
+    assert "pwned" not in capsys.readouterr().out
