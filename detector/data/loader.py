@@ -177,11 +177,14 @@ class TrainLoader:
         if workers > 0:
             kwargs = {"persistent_workers": True, "prefetch_factor": 4,
                       "worker_init_fn": _worker_init}  # fmt: skip
+        # Workers hand over uint8 images: a quarter of the bytes to copy into shared memory,
+        # which costs more than the float conversion done here afterwards.
+        self._float_here = float_images and workers > 0
+        collate = partial(collate_train, float_images=float_images and workers == 0)
         self.loader = DataLoader(
             self.train_dataset, batch_size=batch_size, sampler=self.sampler,
-            num_workers=workers, collate_fn=partial(collate_train, float_images=float_images),
-            drop_last=drop_last,
-            pin_memory=torch.cuda.is_available(), **kwargs,
+            num_workers=workers, collate_fn=collate, drop_last=drop_last,
+            pin_memory=torch.cuda.is_available() and not self._float_here, **kwargs,
         )  # fmt: skip
 
     def set_epoch(self, epoch: int) -> None:
@@ -198,7 +201,11 @@ class TrainLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[TrainBatch]:
-        return iter(self.loader)
+        if not self._float_here:
+            yield from self.loader
+            return
+        for batch in self.loader:
+            yield batch._replace(images=batch.images.float())
 
 
 def build_train_loader(
@@ -215,8 +222,10 @@ def build_train_loader(
 ) -> TrainLoader:
     """Loader of augmented ``TrainBatch`` es at ``imgsz``; ``mosaic=False`` is the final phase
     (TrainTransform only: HSV, flip, letterbox). ``sampler`` (e.g. ``DistributedSampler``)
-    replaces the seeded shuffle. ``float_images=False`` keeps images uint8 (4x less to move
-    between processes and to the GPU; call ``.float()`` on the device)."""
+    replaces the seeded shuffle. ``float_images=False`` keeps images uint8: 4x fewer bytes to
+    pin and copy to the GPU and no conversion on the host; call ``.float()`` on the device
+    (the right choice for GPU training; float batches from workers are converted in this
+    process, after the workers hand over uint8)."""
     if len(dataset) < batch_size and drop_last:
         LOGGER.warning("%s: %d images < batch %d with drop_last: no batches", dataset.name,
                        len(dataset), batch_size)  # fmt: skip
