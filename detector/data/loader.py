@@ -3,8 +3,10 @@
 Every training sample draws its randomness from its own ``numpy.random.Generator`` seeded with
 ``(seed, epoch, index)``, so a batch does not depend on the number of workers or on which worker
 made it. The sampler carries the epoch and the mosaic switch with each index, so persistent
-workers follow ``set_epoch`` and ``set_mosaic`` without being restarted. Images stay uint8 until
-the collate step, which pads boxes to the largest count in the batch (labels padded with -1).
+workers follow ``set_epoch`` and ``set_mosaic`` without being restarted. Images stay uint8
+through augmentation and the collate step (which pads boxes to the largest count in the batch,
+labels with -1); workers hand uint8 batches over and this process makes them float32, unless
+the caller asks for uint8 to convert on the GPU.
 """
 
 from __future__ import annotations
