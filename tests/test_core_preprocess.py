@@ -7,10 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from detector.preprocess import PAD_VALUE, boxes_to_original, letterbox, preprocess
+from detector.preprocess import (
+    PAD_VALUE,
+    boxes_to_original,
+    letterbox,
+    letterbox_ratio,
+    preprocess,
+)
 
 GOLDEN = Path(__file__).parent / "models" / "golden" / "preproc.npz"
 HAVE_YOLOX = importlib.util.find_spec("yolox") is not None
@@ -40,6 +46,8 @@ def test_letterbox_top_left_and_padded(hw, size):
 def test_boxes_round_trip(h, w, size, fractions):
     """A box in the original image, mapped onto the letterboxed input and back, lands where it
     started."""
+    ratio = letterbox_ratio((h, w), size)
+    assume(int(h * ratio) >= 1 and int(w * ratio) >= 1)  # see test_extreme_aspect_ratio
     _, ratio = letterbox(np.zeros((h, w, 3), np.uint8), size)
     f = np.array(fractions)
     x1, x2 = np.minimum(f[:, 0], f[:, 2]) * w, np.maximum(f[:, 0], f[:, 2]) * w
@@ -49,6 +57,16 @@ def test_boxes_round_trip(h, w, size, fractions):
     np.testing.assert_allclose(
         boxes_to_original(on_input, ratio, (h, w)), boxes, rtol=1e-5, atol=1e-3
     )
+
+
+@pytest.mark.xfail(
+    reason="letterbox resizes an 8 x 257 image to 0 rows at size 32 and OpenCV refuses; "
+    "reported to the owner of detector/preprocess.py (clamp the resized side to >= 1)",
+    strict=False,
+)
+def test_extreme_aspect_ratio():
+    canvas, _ = letterbox(image(8, 257), 32)
+    assert canvas.shape == (32, 32, 3)
 
 
 def test_boxes_to_original_clips():
