@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from detector.data.augment import AugmentConfig, augment_hsv, finalize_boxes, hflip, reduce_factor
 from detector.data.dataset import DetectionDataset
-from detector.data.mosaic import _fit_ratio, mixup, mosaic
+from detector.data.mosaic import fit_ratio, mixup, mosaic
 from detector.preprocess import PAD_VALUE, as_size, preprocess
 
 LOGGER = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def train_sample(
         if cfg.enable_mixup and len(boxes) and rng.random() < cfg.mixup_prob:
             image, boxes, labels = mixup(image, boxes, labels, dataset, rng, cfg)
     else:
-        fit = _fit_ratio(dataset, index, size_hw)
+        fit = fit_ratio(dataset, index, size_hw)
         sample = dataset.load(index, reduce_factor(fit) if fit else 1)
         h0, w0 = sample.image.shape[:2]
         r = min(height / h0, width / w0)

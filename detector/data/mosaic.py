@@ -17,8 +17,6 @@ import numpy as np
 
 from detector.data.augment import (
     AugmentConfig,
-    _tile_placement,
-    _warp_into,
     finalize_boxes,
     random_affine_matrix,
     reduce_factor,
@@ -35,12 +33,51 @@ def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return outer[:, :2] @ inner + np.array([[0, 0, outer[0, 2]], [0, 0, outer[1, 2]]])
 
 
-def _fit_ratio(dataset: DetectionDataset, index: int, size_hw: tuple[int, int]) -> float:
+def fit_ratio(dataset: DetectionDataset, index: int, size_hw: tuple[int, int]) -> float:
     """Letterbox ratio of image ``index`` from its annotated size (0 when unknown)."""
     record = dataset.records[index]
     if not (record.width and record.height):
         return 0.0
     return min(size_hw[0] / record.height, size_hw[1] / record.width)
+
+
+def warp_into(
+    out: np.ndarray, src: np.ndarray, matrix: np.ndarray, region: tuple[float, ...]
+) -> None:
+    """Warp ``src`` with ``matrix`` (src pixels -> out pixels) into ``out`` in place, touching only
+    the bounding box of ``region`` (x1, y1, x2, y2 in out pixels) and only pixels that map
+    inside ``src`` (transparent border)."""
+    height, width = out.shape[:2]
+    x1, y1 = max(int(math.floor(region[0])), 0), max(int(math.floor(region[1])), 0)
+    x2, y2 = min(int(math.ceil(region[2])), width), min(int(math.ceil(region[3])), height)
+    if x2 <= x1 or y2 <= y1 or src.size == 0:
+        return
+    shifted = matrix.copy()
+    shifted[:, 2] -= (x1, y1)
+    roi = out[y1:y2, x1:x2]
+    cv2.warpAffine(src, shifted, (x2 - x1, y2 - y1), dst=roi, flags=cv2.INTER_LINEAR,
+                   borderMode=cv2.BORDER_TRANSPARENT)  # fmt: skip
+
+
+def tile_placement(
+    k: int, xc: int, yc: int, w: int, h: int, size_hw: tuple[int, int]
+) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """Tile ``k`` (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) of a mosaic around
+    ``(xc, yc)`` on the 2x canvas: (canvas rect, rect of the ``w`` x ``h`` resized image shown)."""
+    height, width = size_hw
+    if k == 0:
+        a = (max(xc - w, 0), max(yc - h, 0), xc, yc)
+        b = (w - (a[2] - a[0]), h - (a[3] - a[1]), w, h)
+    elif k == 1:
+        a = (xc, max(yc - h, 0), min(xc + w, 2 * width), yc)
+        b = (0, h - (a[3] - a[1]), min(w, a[2] - a[0]), h)
+    elif k == 2:
+        a = (max(xc - w, 0), yc, xc, min(2 * height, yc + h))
+        b = (w - (a[2] - a[0]), 0, w, min(a[3] - a[1], h))
+    else:
+        a = (xc, yc, min(xc + w, 2 * width), min(2 * height, yc + h))
+        b = (0, 0, min(w, a[2] - a[0]), min(a[3] - a[1], h))
+    return a, b
 
 
 def mosaic(
@@ -67,7 +104,7 @@ def mosaic(
             record.height, record.width = sample.image.shape[:2]
         h0, w0 = record.height, record.width
         r = min(height / h0, width / w0)
-        a, b = _tile_placement(k, xc, yc, int(w0 * r), int(h0 * r), size_hw)
+        a, b = tile_placement(k, xc, yc, int(w0 * r), int(h0 * r), size_hw)
         if a[2] <= a[0] or a[3] <= a[1]:
             continue
         footprint = transform_boxes(np.array([a], np.float32), affine)[0]
@@ -83,7 +120,7 @@ def mosaic(
         sy1 = min(math.ceil(b[3] / (r * fy)), sample.image.shape[0])
         crop_shift = np.array([[1.0, 0.0, sx0], [0.0, 1.0, sy0]])
         matrix = _compose(affine, _compose(to_canvas, crop_shift))
-        _warp_into(out, sample.image[sy0:sy1, sx0:sx1], matrix, tuple(footprint))
+        warp_into(out, sample.image[sy0:sy1, sx0:sx1], matrix, tuple(footprint))
         if len(sample.boxes):
             boxes = transform_boxes(sample.boxes, to_canvas)
             boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(a[0], a[2])
@@ -116,7 +153,7 @@ def mixup(
     jitter = rng.uniform(*cfg.mixup_scale)
     flip = rng.random() > 0.5
     index = int(candidates[rng.integers(len(candidates))])
-    fit = _fit_ratio(dataset, index, (height, width))
+    fit = fit_ratio(dataset, index, (height, width))
     sample = dataset.load(index, reduce_factor(fit * jitter) if fit else 1)
     h0, w0 = sample.image.shape[:2]
     r = min(height / h0, width / w0) * jitter
@@ -134,7 +171,7 @@ def mixup(
     cx2, cy2 = min(canvas_w - x_off, width), min(canvas_h - y_off, height)
     other[cy1:cy2, cx1:cx2] = PAD_VALUE
     footprint = transform_boxes(np.array([[0, 0, w0, h0]], np.float32), matrix)[0]
-    _warp_into(other, sample.image, matrix, tuple(footprint))
+    warp_into(other, sample.image, matrix, tuple(footprint))
     blended = cv2.addWeighted(image, 0.5, other, 0.5, 0.0)  # 0.5 * a + 0.5 * b
     new_boxes = transform_boxes(sample.boxes, matrix)
     new_boxes, new_labels = finalize_boxes(new_boxes, sample.labels, width, height)

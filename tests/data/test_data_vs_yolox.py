@@ -68,7 +68,7 @@ def test_hsv_matches_yolox(monkeypatch, gains, switch):
 def test_mosaic_tile_placement_matches_yolox():
     from yolox.data.datasets.mosaicdetection import get_mosaic_coordinate
 
-    from detector.data.augment import _tile_placement
+    from detector.data.mosaic import tile_placement
 
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -77,7 +77,7 @@ def test_mosaic_tile_placement_matches_yolox():
         w, h = int(rng.integers(8, size[1] + 1)), int(rng.integers(8, size[0] + 1))
         for k in range(4):
             theirs = get_mosaic_coordinate(None, k, xc, yc, w, h, size[0], size[1])
-            assert _tile_placement(k, xc, yc, w, h, size) == tuple(theirs)
+            assert tile_placement(k, xc, yc, w, h, size) == tuple(theirs)
 
 
 @needs_bccd
