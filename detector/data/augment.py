@@ -1,18 +1,17 @@
-"""Training augmentations as YOLOX defines them, each driven by a ``numpy.random.Generator``.
+"""Training augmentation settings and primitives as YOLOX defines them, each random one driven
+by an explicit ``numpy.random.Generator`` (no global random state).
 
-* ``mosaic``: four images around a random centre of a 2x canvas, then one random affine
-  (rotation, scale, shear, translation) down to the input size. The canvas is never built: each
-  tile is warped straight from its decoded image into the output with the composed transform
-  (one interpolation, one pass over the output), and JPEGs that end up shrunk are decoded at
-  1/2, 1/4 or 1/8 size by libjpeg.
-* ``mixup``: a second image letterboxed, jittered in scale, maybe flipped, randomly cropped and
-  blended 50/50 (YOLOX's zero fill beyond its canvas included).
-* ``augment_hsv``: random additive hue/saturation/value offsets (YOLOX gains 5/30/30), done with
-  a lookup table on uint8.
-* ``hflip``, ``letterbox_train`` (YOLOX's TrainTransform resize): images stay uint8 throughout.
+* ``AugmentConfig``: YOLOX's settings and its per-size defaults (``for_model``).
+* ``random_affine_matrix``: YOLOX's rotation/scale/shear/translation draw, used by the Mosaic
+  (``detector.data.mosaic``, which also does MixUp).
+* ``augment_hsv``: random additive hue/saturation/value offsets (YOLOX gains 5/30/30) done with
+  a lookup table on uint8; ``hflip``: mirror image and boxes.
+* ``transform_boxes`` / ``finalize_boxes``: boxes through an affine; clip and keep those over
+  1 px. ``reduce_factor``: how much smaller a JPEG may be decoded for a given final scale.
 
-Boxes are float32 ``[K, 4]`` xyxy pixels and labels int64 ``[K]``; every function returns boxes
-inside the output image with width and height over 1 px (``finalize_boxes``).
+The per-sample pipeline (Mosaic, MixUp, then YOLOX's TrainTransform: HSV, flip, letterbox) is
+``detector.data.loader.train_sample``. Boxes are float32 ``[K, 4]`` xyxy pixels, labels int64
+``[K]``, images BGR uint8 throughout.
 """
 
 from __future__ import annotations
