@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +87,7 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forever(loader):
+def _forever(loader: Any) -> Iterator[Any]:
     epoch = 0
     while True:
         loader.set_epoch(epoch)

@@ -75,7 +75,9 @@ def finalize_boxes(
 
 
 # ----------------------------------------------------------------------------------- colour
-def augment_hsv(image: np.ndarray, rng: np.random.Generator, gains=(5, 30, 30)) -> np.ndarray:
+def augment_hsv(
+    image: np.ndarray, rng: np.random.Generator, gains: tuple[int, int, int] = (5, 30, 30)
+) -> np.ndarray:
     """Random offsets in H (wrapping at 180), S and V (clipped), each channel switched on with
     probability 1/2 (YOLOX). ``[H, W, 3]`` uint8 BGR in, new array out."""
     offsets = rng.uniform(-1, 1, 3) * np.asarray(gains) * rng.integers(0, 2, 3)

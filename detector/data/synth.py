@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -62,7 +63,12 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return image
 
 
-def _shape(rng: np.random.Generator, cls: int, cx: float, cy: float, size: float):
+Geometry = tuple[str, Any]  # ("poly", points [P, 2]) or ("ellipse", (a, b, angle, thickness))
+
+
+def _shape(
+    rng: np.random.Generator, cls: int, cx: float, cy: float, size: float
+) -> tuple[Geometry, list[float]]:
     """Outline of class ``cls`` (polygon points ``[P, 2]`` or an ellipse) and its xyxy box."""
     angle = math.radians(rng.uniform(-30, 30))
     aspect = rng.uniform(0.7, 1.4)
@@ -90,7 +96,9 @@ def _shape(rng: np.random.Generator, cls: int, cx: float, cy: float, size: float
     return ("poly", pts), [*pts.min(0), *pts.max(0)]
 
 
-def _draw(image: np.ndarray, geometry, cx: float, cy: float, color: tuple[int, ...]) -> None:
+def _draw(
+    image: np.ndarray, geometry: Geometry, cx: float, cy: float, color: tuple[int, ...]
+) -> None:
     kind, params = geometry
     if kind == "poly":
         cv2.fillPoly(image, [_fixed(params)], color, cv2.LINE_AA, SHIFT)
@@ -174,7 +182,7 @@ def make_synthetic_dataset(
     names = list(CLASS_NAMES[: spec.num_classes])
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(names)]
     num_val = min(max(1, round(images * val_fraction)), images - 1) if images > 1 else 0
-    splits: dict[str, dict] = {
+    splits: dict[str, dict[str, list]] = {
         s: {"images": [], "annotations": [], "categories": categories} for s in ("train", "val")
     }
     ann_id = 0
