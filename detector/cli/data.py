@@ -57,14 +57,13 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from detector.data import AugmentConfig, build_dataset, load_data_config
-    from detector.data.show import render_preview
+    from detector.data.show import describe, render_preview
 
     dataset = build_dataset(load_data_config(args.data), "train")
     augment = AugmentConfig.for_model(args.model)
     out = render_preview(dataset, args.out, args.imgsz, args.count, augment, not args.no_mosaic,
                          args.seed)  # fmt: skip
-    counts = ", ".join(f"{n} {c}" for n, c in zip(dataset.class_names, dataset.class_counts()))
-    print(f"boxes per class: {counts}")
+    print(describe(dataset))
     print(f"wrote {out}")
     return 0
 

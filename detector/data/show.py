@@ -61,3 +61,20 @@ def render_preview(
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def describe(dataset: DetectionDataset) -> str:
+    """A few lines about a split: images, boxes per image, box sizes, boxes per class."""
+    per_image = np.asarray([len(r.labels) for r in dataset.records])
+    boxes = [r.boxes for r in dataset.records if len(r.boxes)]
+    lines = [f"{dataset.name}: {len(dataset)} images, {int(per_image.sum())} boxes "
+             f"({per_image.mean():.1f} per image, max {per_image.max()}, "
+             f"{int((per_image == 0).sum())} images without boxes)"]  # fmt: skip
+    if boxes:
+        stacked = np.concatenate(boxes)
+        side = np.sqrt((stacked[:, 2] - stacked[:, 0]) * (stacked[:, 3] - stacked[:, 1]))
+        p5, p50, p95 = np.percentile(side, [5, 50, 95])
+        lines.append(f"box size (sqrt of area, px): 5% {p5:.0f}, median {p50:.0f}, 95% {p95:.0f}")
+    counts = ", ".join(f"{n} {c}" for n, c in zip(dataset.class_names, dataset.class_counts()))
+    lines.append(f"boxes per class: {counts}")
+    return "\n".join(lines)
