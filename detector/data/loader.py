@@ -5,8 +5,9 @@ Every training sample draws its randomness from its own ``numpy.random.Generator
 made it. The sampler carries the epoch and the mosaic switch with each index, so persistent
 workers follow ``set_epoch`` and ``set_mosaic`` without being restarted. Images stay uint8
 through augmentation and the collate step (which pads boxes to the largest count in the batch,
-labels with -1); workers hand uint8 batches over and this process makes them float32, unless
-the caller asks for uint8 to convert on the GPU.
+labels with -1). On a CPU-only machine workers hand uint8 batches over and this process makes
+them float32; with CUDA they arrive float32 and pinned, or uint8 (``float_images=False``) for the
+trainer to convert on the GPU.
 """
 
 from __future__ import annotations
@@ -179,14 +180,16 @@ class TrainLoader:
         if workers > 0:
             kwargs = {"persistent_workers": True, "prefetch_factor": 4,
                       "worker_init_fn": _worker_init}  # fmt: skip
-        # Workers hand over uint8 images: a quarter of the bytes to copy into shared memory,
-        # which costs more than the float conversion done here afterwards.
-        self._float_here = float_images and workers > 0
-        collate = partial(collate_train, float_images=float_images and workers == 0)
+        # Without CUDA, workers hand over uint8 images: a quarter of the bytes to copy into shared
+        # memory, which costs more than the float conversion done here afterwards. With CUDA,
+        # float batches are made in the workers so that they arrive pinned.
+        cuda = torch.cuda.is_available()
+        self._float_here = float_images and workers > 0 and not cuda
+        collate = partial(collate_train, float_images=float_images and not self._float_here)
         self.loader = DataLoader(
             self.train_dataset, batch_size=batch_size, sampler=self.sampler,
-            num_workers=workers, collate_fn=collate, drop_last=drop_last,
-            pin_memory=torch.cuda.is_available() and not self._float_here, **kwargs,
+            num_workers=workers, collate_fn=collate, drop_last=drop_last, pin_memory=cuda,
+            **kwargs,
         )  # fmt: skip
 
     def set_epoch(self, epoch: int) -> None:
@@ -226,8 +229,7 @@ def build_train_loader(
     (TrainTransform only: HSV, flip, letterbox). ``sampler`` (e.g. ``DistributedSampler``)
     replaces the seeded shuffle. ``float_images=False`` keeps images uint8: 4x fewer bytes to
     pin and copy to the GPU and no conversion on the host; call ``.float()`` on the device
-    (the right choice for GPU training; float batches from workers are converted in this
-    process, after the workers hand over uint8)."""
+    (the right choice for GPU training)."""
     if len(dataset) < batch_size and drop_last:
         LOGGER.warning("%s: %d images < batch %d with drop_last: no batches", dataset.name,
                        len(dataset), batch_size)  # fmt: skip
