@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from detector.cli.evaluate import run as run_eval
     from detector.cli.predict import run as run_predict
+    from detector.data import build_dataset, load_data_config
     from detector.data.synth import make_synthetic_dataset
     from detector.engine.launch import train
 
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             json=str(metrics),
         )
     )  # fmt: skip
-    val_images = sorted((out / "data").glob("images/val/*"))[:8]
+    val_set = build_dataset(load_data_config(data_yaml), "val")
+    val_images = [record.path for record in val_set.records[:8]]
     print(f"[4/4] predicting {len(val_images)} validation images")
     run_predict(
         argparse.Namespace(

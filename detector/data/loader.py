@@ -164,6 +164,16 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)  # the workers are the parallelism; OpenCV threads would oversubscribe
 
 
+def _prepare_fork() -> None:
+    """Stop OpenCV's thread pool in this process before workers are forked from it.
+
+    The pool does not survive ``fork``: a worker forked while the parent's pool is running
+    hangs at its first OpenCV call (seen after ``detector data synth`` ran in the same process).
+    With one thread the pool is shut down and the children start clean.
+    """
+    cv2.setNumThreads(1)
+
+
 class TrainLoader:
     """Iterable of ``TrainBatch``; ``set_epoch(e)`` before each epoch, ``set_mosaic(False)`` for
     the final no-augmentation phase."""
@@ -178,6 +188,7 @@ class TrainLoader:
         self.batch_size = batch_size
         kwargs: dict[str, Any] = {}
         if workers > 0:
+            _prepare_fork()
             kwargs = {"persistent_workers": True, "prefetch_factor": 4,
                       "worker_init_fn": _worker_init}  # fmt: skip
         # Without CUDA, workers hand over uint8 images: a quarter of the bytes to copy into shared
@@ -292,6 +303,8 @@ def build_eval_loader(
 ) -> DataLoader:
     """Loader of ``EvalBatch`` es in dataset order (every image once); ``dataset`` may be a
     ``torch.utils.data.Subset`` of a ``DetectionDataset``."""
+    if workers > 0:
+        _prepare_fork()
     return DataLoader(
         EvalDataset(dataset, imgsz), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=collate_eval, pin_memory=torch.cuda.is_available(),

@@ -60,3 +60,18 @@ def test_errors_name_what_is_wrong(tiny_data: Path, tmp_path: Path, capsys) -> N
     assert "missing.pt" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """``detector demo`` in one process: it generates data with OpenCV, then forks loader
+    workers (OpenCV's thread pool does not survive fork unless shut down first: this hung)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "detector", "demo", "--out", str(tmp_path), "--images", "40",
+           "--epochs", "2", "--imgsz", "128", "--workers", "2", "--device", "cpu"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "demo done: val mAP" in result.stdout
+    assert (tmp_path / "metrics.json").is_file()
+    assert len(list((tmp_path / "predict").glob("*.jpg"))) == 8
