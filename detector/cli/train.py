@@ -22,8 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from detector.engine.launch import train
 
     run_dir = train(args.model, args.data, args.overrides, weights=args.weights, resume=args.resume)
-    print(f"run written to {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run written to {run_dir}")
     return 0

@@ -130,7 +130,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
 
-        self.run_dir = run_dir or unique_run_dir(Path(config.output_dir), config.name)
+        run_dir = run_dir or unique_run_dir(Path(config.output_dir), config.name)
+        self.run_dir = Path(dist.all_gather_objects(str(run_dir))[0])  # rank 0's choice
         self.weights_dir = self.run_dir / "weights"
         if self.is_main:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
