@@ -144,8 +144,8 @@ def _class_cost(cls_logits: Tensor, obj_logits: Tensor, gt_labels: Tensor) -> Te
     """Class part of the cost: BCE of ``sqrt(sigmoid(cls) * sigmoid(obj))`` against one-hot.
 
     Uses ``BCE(p, onehot(y)).sum(classes) = sum_c -log(1 - p_c) + log(1 - p_y) - log(p_y)``, so the
-    work is ``[B, N, C]`` plus a gather, not ``[B, M, N, C]``. Logs are clamped at -100, as
-    ``F.binary_cross_entropy`` does.
+    work is one in-place pass over ``[B, N, C]`` plus ``[B, N, M]``, not ``[B, M, N, C]``. Logs are
+    clamped at -100, as ``F.binary_cross_entropy`` does.
 
     Args:
         cls_logits: ``[B, N, C]`` float32.
@@ -155,13 +155,15 @@ def _class_cost(cls_logits: Tensor, obj_logits: Tensor, gt_labels: Tensor) -> Te
     Returns:
         ``[B, M, N]``.
     """
-    score = (cls_logits.sigmoid() * obj_logits.sigmoid()[..., None]).sqrt()  # [B, N, C]
-    log_neg = torch.log1p(-score).clamp(min=-100.0)  # log(1 - p)
-    log_pos = score.log().clamp(min=-100.0)  # log(p)
+    obj_prob = obj_logits.sigmoid()[..., None]  # [B, N, 1]
+    # the sum over all classes, in place on one [B, N, C] buffer: -sum_c log(1 - p_c)
+    log_neg = cls_logits.sigmoid().mul_(obj_prob).sqrt_().neg_().log1p_().clamp_(min=-100.0)
     all_negative = -log_neg.sum(dim=-1)  # [B, N]
-    swap = (log_neg - log_pos).transpose(1, 2)  # [B, C, N]
-    index = gt_labels[:, :, None].expand(-1, -1, swap.shape[-1])  # [B, M, N]
-    return all_negative[:, None, :] + swap.gather(1, index)
+    # the gt class terms, on [B, N, M] only
+    index = gt_labels[:, None, :].expand(-1, cls_logits.shape[1], -1)  # [B, N, M]
+    score = (cls_logits.gather(2, index).sigmoid() * obj_prob).sqrt()  # p_y, [B, N, M]
+    swap = torch.log1p(-score).clamp(min=-100.0) - score.log().clamp(min=-100.0)
+    return all_negative[:, None, :] + swap.transpose(1, 2)
 
 
 def _empty_assignment(batch: int, num_anchors: int, device: torch.device) -> Assignment:
