@@ -123,3 +123,17 @@ def test_info_cli(capsys):
     assert "GFLOPs at 320x320" in capsys.readouterr().out
     assert cli_main(["info", "yolox_q"]) == 2
     assert "unknown model 'yolox_q'" in capsys.readouterr().err
+
+
+def test_count_gflops_leaves_the_model_alone_and_counts_by_hand():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.Conv2d(8, 4, 1),
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # conv1: 8 x 16 x 16 outputs x 27 MACs; bn: 2 per output; conv2: 4 x 16 x 16 x (8 + bias)
+    macs = 8 * 256 * 27 + 2 * 8 * 256 + 4 * 256 * 9
+    assert count_gflops(model, 32) == pytest.approx(2 * macs / 1e9)
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert next(model.parameters()).device.type == "cpu"
