@@ -50,6 +50,9 @@ class TrainConfig:
     multiscale_sizes: tuple[int, int] | None = None
     multiscale_interval: int = 10
     iou_type: str = "iou"
+    iou_weight: float = 5.0
+    simota_radius: float = 2.5
+    simota_topk: int = 10
     eval_interval: int = 10
     eval_conf: float = 0.01
     eval_nms: float = 0.65

@@ -108,7 +108,12 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         self.loss_fn = YOLOXLoss(
-            len(self.class_names), strides=tuple(model.strides), iou_type=config.iou_type
+            len(self.class_names),
+            strides=tuple(model.strides),
+            iou_type=config.iou_type,
+            iou_weight=config.iou_weight,
+            center_radius=config.simota_radius,
+            topk=config.simota_topk,
         )
         self.base_lr = config.lr_per_64 * config.batch / 64
         self.optimizer = build_optimizer(
