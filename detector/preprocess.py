@@ -62,7 +62,8 @@ def letterbox(
         raise ValueError(f"letterbox expects an [H, W, 3] image, got shape {image.shape}")
     height, width = as_size(size)
     ratio = letterbox_ratio(image.shape[:2], (height, width))
-    new_w, new_h = int(image.shape[1] * ratio), int(image.shape[0] * ratio)
+    # at least one pixel: a very thin image (8 x 257 into 32) would otherwise resize to nothing
+    new_w, new_h = max(int(image.shape[1] * ratio), 1), max(int(image.shape[0] * ratio), 1)
     canvas = np.full((height, width, 3), pad_value, dtype=np.uint8)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     canvas[:new_h, :new_w] = resized
