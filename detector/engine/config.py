@@ -45,6 +45,7 @@ class TrainConfig:
     ema: bool = True
     ema_decay: float = 0.9998
     amp: bool = True
+    channels_last: bool = True
     grad_clip: float = 0.0
     multiscale_range: int = 5
     multiscale_sizes: tuple[int, int] | None = None

@@ -106,7 +106,9 @@ class Trainer:
             load_checkpoint(model, weights)
         if config.sync_bn and self.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model.to(self.device)
+        layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.memory_format = layout
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.loss_fn = YOLOXLoss(
             len(self.class_names),
             strides=tuple(model.strides),
@@ -230,6 +232,7 @@ class Trainer:
     def train_step(self, batch, use_l1: bool) -> dict[str, float]:
         """One optimizer step on one batch (already on the device); returns the loss terms."""
         images, boxes, labels = batch
+        images = images.contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             maps = self.train_model(images)
         losses = self.loss_fn([m.float() for m in maps], boxes, labels, use_l1=use_l1)
