@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format demo clean
+.PHONY: venv test lint format demo reference clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/detector demo
+
+# The official YOLOX 0.3.0 in .venv: the tests then also compare against it live, and the
+# benchmarks in benchmarks/ can run their side-by-side measurements.
+reference: $(STAMP)
+	$(BIN)/python -m pip install --quiet wheel loguru tabulate thop ninja
+	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps yolox==0.3.0
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -102,9 +102,12 @@ class Ours(Side):
     name = "ours"
 
     def __init__(self, model_name: str, images: Tensor, boxes: Tensor, labels: Tensor) -> None:
+        # as our trainer runs it by default (channels_last: true): NHWC network and input
         self.model = build_model(model_name, NUM_CLASSES).train()
+        self.model = self.model.to(memory_format=torch.channels_last)
         self.loss = YOLOXLoss(NUM_CLASSES)
         self.optim = build_sgd(self.model, lr=1e-4)  # our trainer's: YOLOX's three groups
+        images = images.contiguous(memory_format=torch.channels_last)
         self.images, self.boxes, self.labels = images, boxes, labels
         self.assign_timer = Timer()
         # time the assignment through the name the loss module calls

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -146,7 +145,6 @@ def test_autocast_inputs_give_float32_terms() -> None:
 
 # ---- against the official YOLOX ----------------------------------------------------------------
 
-YOLOX_MARK = Path(__file__).resolve().parents[1] / ".venv" / ".yolox"
 HAVE_YOLOX = importlib.util.find_spec("yolox") is not None
 
 
@@ -184,8 +182,8 @@ def official_losses(
 
 @pytest.mark.skipif(
     not HAVE_YOLOX,
-    reason="the official yolox package is not installed (the lead installs it into .venv, "
-    f"marked by {YOLOX_MARK}); nothing to compare against",
+    reason="the official yolox package is not installed ('make reference' installs it); "
+    "nothing to compare against",
 )
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 @pytest.mark.parametrize("use_l1", [False, True])
