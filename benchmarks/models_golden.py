@@ -20,18 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "models"))
 
-from golden_fill import fill_state_dict, golden_input, key_uniform  # noqa: E402
+from golden_fill import OFFICIAL, fill_state_dict, golden_input, key_uniform  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "models" / "golden"
-OFFICIAL = {  # our name -> official exps/default name
-    "yolox_nano": "yolox-nano",
-    "yolox_tiny": "yolox-tiny",
-    "yolox_s": "yolox-s",
-    "yolox_m": "yolox-m",
-    "yolox_l": "yolox-l",
-    "yolox_x": "yolox-x",
-    "yolox_darknet53": "yolov3",
-}
 GAINS = [round(0.75 + 0.025 * i, 3) for i in range(17)]  # 0.75 ... 1.15
 TARGET_STD = 1.5  # std of the raw logits we aim for
 

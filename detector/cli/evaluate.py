@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.weights}: the model has {model.num_classes} classes but {args.data} has "
             f"{dataset.num_classes}"
         )
-    imgsz = args.imgsz or int((meta.get("input_size") or [model_default_size(model)])[0])
+    imgsz = args.imgsz or checkpoint_input_size(model, meta)
     model = model.to(device).eval()
     predictions = predict_split(
         model, dataset, imgsz, device, args.batch, args.workers, args.conf, args.nms
@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_default_size(model) -> int:
+def checkpoint_input_size(model, meta: dict) -> int:
+    """The input size a checkpoint was trained at, else its model's default (official .pth)."""
     from detector.models import get_model_config
 
-    return get_model_config(model.name).input_size
+    sizes = meta.get("input_size")
+    return int(sizes[0]) if sizes else get_model_config(model.name).input_size

@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     import torch
 
+    from detector.cli.evaluate import checkpoint_input_size
     from detector.engine.distributed import resolve_device
-    from detector.models import get_model_config, model_from_checkpoint
+    from detector.models import model_from_checkpoint
     from detector.ops import postprocess
     from detector.preprocess import boxes_to_original, preprocess
     from detector.visualize import draw_boxes
@@ -58,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta = model_from_checkpoint(args.model, name=args.arch)
     model = model.to(device).eval()
     class_names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-    imgsz = args.imgsz or int(
-        (meta.get("input_size") or [get_model_config(model.name).input_size])[0]
-    )
+    imgsz = args.imgsz or checkpoint_input_size(model, meta)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []

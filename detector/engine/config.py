@@ -8,7 +8,7 @@ when ``schedule: auto`` and the run is short, and ``key=value`` overrides from t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,3 @@ def build_train_config(
         short = {k: v for k, v in config.short_run.items() if k not in user}
         config = from_mapping(TrainConfig, _merge(merged, short), f"{source} (short_run)")
     return config
-
-
-def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
-    return replace(config, **changes)

@@ -14,6 +14,16 @@ import hashlib
 import numpy as np
 import torch
 
+# our name -> the official exps/default name of the same model
+OFFICIAL = {
+    "yolox_nano": "yolox-nano",
+    "yolox_tiny": "yolox-tiny",
+    "yolox_s": "yolox-s",
+    "yolox_m": "yolox-m",
+    "yolox_l": "yolox-l",
+    "yolox_x": "yolox-x",
+    "yolox_darknet53": "yolov3",
+}
 GOLDEN_INPUT_SHAPE = (1, 3, 64, 96)  # non-square: catches a swapped width/height
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from golden_fill import fill_state_dict, golden_input
+from golden_fill import OFFICIAL, fill_state_dict, golden_input
 
 from detector.models import build_model, model_names
 
@@ -31,15 +31,6 @@ NAMES = [
     "yolox_x",
     "yolox_darknet53",
 ]
-OFFICIAL = {
-    "yolox_nano": "yolox-nano",
-    "yolox_tiny": "yolox-tiny",
-    "yolox_s": "yolox-s",
-    "yolox_m": "yolox-m",
-    "yolox_l": "yolox-l",
-    "yolox_x": "yolox-x",
-    "yolox_darknet53": "yolov3",
-}
 RTOL, ATOL = 1e-4, 1e-5
 HAVE_YOLOX = importlib.util.find_spec("yolox") is not None
 
