@@ -6,8 +6,10 @@ CUDA-only, so its model, its loss (``YOLOXHead.get_losses``) and its SGD (``exp.
 are timed in the same loop; ours uses ``detector.engine.optim.build_sgd`` (the same three groups).
 The two sides alternate (order flipped every round); we report medians over the rounds and the
 share of the step spent in label assignment (``simota_assign`` here, ``get_assignments`` summed
-over the images there). Each round also times the loss alone (forward + backward from the same
-raw maps) on both sides, which isolates the assignment and loss from the network.
+over the images there). A third side, ``ours_amp``, is ours with mixed precision as the trainer
+applies it by default (``amp: true``: bfloat16 autocast on CPUs with AMX). Each round also times
+the loss alone (forward + backward from the same raw maps) on both sides, which isolates the
+assignment and loss from the network.
 
     .venv/bin/python benchmarks/train_step.py                       # nano@416 b8, s@640 b4
     .venv/bin/python benchmarks/train_step.py --cases nano --repeats 5
@@ -30,6 +32,7 @@ from torch import Tensor
 import detector.losses
 from detector.boxes import xyxy_to_cxcywh
 from detector.engine.optim import build_sgd
+from detector.engine.precision import autocast_dtype, describe
 from detector.losses import YOLOXLoss
 from detector.models import build_model
 
@@ -41,6 +44,7 @@ CASES = {
     "s": ("yolox_s", "yolox-s", 640, 4),
 }
 NUM_CLASSES = 80
+SIMOTA_ASSIGN = detector.losses.simota_assign  # the loss module calls it by this name
 
 
 @dataclass
@@ -110,10 +114,14 @@ class Ours(Side):
         images = images.contiguous(memory_format=torch.channels_last)
         self.images, self.boxes, self.labels = images, boxes, labels
         self.assign_timer = Timer()
-        # time the assignment through the name the loss module calls
-        detector.losses.simota_assign = self.assign_timer.wrap(detector.losses.simota_assign)
+        self._timed_assign = self.assign_timer.wrap(SIMOTA_ASSIGN)
+
+    def _time_assignment(self) -> None:
+        """Route the loss module's ``simota_assign`` through this side's timer."""
+        detector.losses.simota_assign = self._timed_assign
 
     def step(self) -> float:
+        self._time_assignment()
         start = time.perf_counter()
         maps = self.model(self.images)
         loss = self.loss(maps, self.boxes, self.labels)["total"]
@@ -125,8 +133,33 @@ class Ours(Side):
         return elapsed
 
     def loss_only(self, maps: list[Tensor]) -> float:
+        self._time_assignment()
         start = time.perf_counter()
         self.loss(maps, self.boxes, self.labels)["total"].backward()
+        elapsed = time.perf_counter() - start
+        self.assign_timer.close_step()
+        return elapsed
+
+
+class OursAmp(Ours):
+    """Ours with ``amp: true`` as the trainer applies it on this device (bfloat16 autocast on CPUs
+    with AMX, float32 elsewhere); the loss runs on float32 maps, as in the trainer."""
+
+    name = "ours_amp"
+
+    def __init__(self, model_name: str, images: Tensor, boxes: Tensor, labels: Tensor) -> None:
+        super().__init__(model_name, images, boxes, labels)
+        self.dtype = autocast_dtype(torch.device("cpu"), amp=True)
+
+    def step(self) -> float:
+        self._time_assignment()
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype is not None):
+            maps = self.model(self.images)
+        loss = self.loss([m.float() for m in maps], self.boxes, self.labels)["total"]
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
         elapsed = time.perf_counter() - start
         self.assign_timer.close_step()
         return elapsed
@@ -189,6 +222,7 @@ def run_case(case: str, repeats: int, warmup: int, boxes_per_image: int) -> dict
     sides: list[Side] = [
         Official(exp_name, images, boxes, labels),
         Ours(ours_name, images, boxes, labels),
+        OursAmp(ours_name, images, boxes, labels),
     ]
     with torch.no_grad():
         raw = [m.detach() for m in sides[1].model(images)]  # type: ignore[attr-defined]
@@ -223,12 +257,13 @@ def run_case(case: str, repeats: int, warmup: int, boxes_per_image: int) -> dict
             "assign_share": assign / step,
             "loss_s": statistics.median(loss_times[side.name]),
         }
-    ours, official = result["ours"], result["official"]
-    result["ratio"] = ours["step_s"] / official["step_s"]  # type: ignore[index]
-    result["loss_ratio"] = ours["loss_s"] / official["loss_s"]  # type: ignore[index]
-    result["min_ratio"] = ours["step_min_s"] / official["step_min_s"]  # type: ignore[index]
-    # restore the loss module's function for a next case
-    detector.losses.simota_assign = detector.losses.simota_assign.__wrapped__  # type: ignore[attr-defined]
+    official = result["official"]
+    for name in ("ours", "ours_amp"):
+        ours = result[name]
+        result[f"{name}_ratio"] = ours["step_s"] / official["step_s"]  # type: ignore[index]
+        result[f"{name}_loss_ratio"] = ours["loss_s"] / official["loss_s"]  # type: ignore[index]
+        result[f"{name}_min_ratio"] = ours["step_min_s"] / official["step_min_s"]  # type: ignore[index]
+    detector.losses.simota_assign = SIMOTA_ASSIGN
     return result
 
 
@@ -245,7 +280,8 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"threads {args.threads}, repeats {args.repeats} (+{args.warmup} warm-up), "
-        f"1..{args.boxes} boxes per image, {NUM_CLASSES} classes"
+        f"1..{args.boxes} boxes per image, {NUM_CLASSES} classes; ours_amp = "
+        f"{describe(autocast_dtype(torch.device('cpu'), amp=True))}"
     )
     print(
         "| case | side | step s (median) | ours / official | step s (min) | ours / official "
@@ -254,11 +290,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
         r = run_case(case, args.repeats, args.warmup, args.boxes)
-        for side in ("official", "ours"):
+        for side in ("official", "ours", "ours_amp"):
             s = r[side]
-            ratio = f"{r['ratio']:.2f}" if side == "ours" else ""
-            loss_ratio = f"{r['loss_ratio']:.2f}" if side == "ours" else ""
-            min_ratio = f"{r['min_ratio']:.2f}" if side == "ours" else ""
+            ratio = f"{r[side + '_ratio']:.2f}" if side != "official" else ""
+            loss_ratio = f"{r[side + '_loss_ratio']:.2f}" if side != "official" else ""
+            min_ratio = f"{r[side + '_min_ratio']:.2f}" if side != "official" else ""
             print(
                 f"| {case}@{r['size']} b{r['batch']} | {side} | {s['step_s']:.3f} | {ratio} | "
                 f"{s['step_min_s']:.3f} | {min_ratio} | "

@@ -38,6 +38,8 @@ from detector.engine.checkpoint import restore_rng_state, rng_state, save_atomic
 from detector.engine.config import TrainConfig
 from detector.engine.ema import ModelEMA
 from detector.engine.optim import build_optimizer
+from detector.engine.precision import autocast_dtype
+from detector.engine.precision import describe as describe_precision
 from detector.engine.schedule import lr_at
 from detector.engine.validate import evaluate_predictions, predict_split
 from detector.losses import YOLOXLoss
@@ -127,8 +129,8 @@ class Trainer:
             weight_decay=config.weight_decay,
         )
         self.ema = ModelEMA(self.model, decay=config.ema_decay) if config.ema else None
-        self.use_amp = config.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = autocast_dtype(self.device, config.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = RunState()
         if resume is not None:
             self._restore(resume)
@@ -160,10 +162,11 @@ class Trainer:
         if self.is_main:
             logger.info(
                 "training %s on %s: %d train / %d val images, %d classes, input %d, batch %d "
-                "(%d process(es)), %d epochs, base lr %.5f, run dir %s",
+                "(%d process(es)), %d epochs, base lr %.5f, %s on %s, run dir %s",
                 self.model_name, self.data_path, len(self.train_set), len(self.val_set),
                 len(self.class_names), self.imgsz, config.batch, dist.world_size(),
-                config.epochs, self.base_lr, self.run_dir,
+                config.epochs, self.base_lr, describe_precision(self.amp_dtype), self.device,
+                self.run_dir,
             )  # fmt: skip
         for epoch in range(self.state.epoch, config.epochs):
             no_aug = epoch >= self.no_aug_start
@@ -233,7 +236,8 @@ class Trainer:
         """One optimizer step on one batch (already on the device); returns the loss terms."""
         images, boxes, labels = batch
         images = images.contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        amp_on = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp_on):
             maps = self.train_model(images)
         losses = self.loss_fn([m.float() for m in maps], boxes, labels, use_l1=use_l1)
         if not torch.isfinite(losses["total"]):
