@@ -120,11 +120,14 @@ class Ours(Side):
         """Route the loss module's ``simota_assign`` through this side's timer."""
         detector.losses.simota_assign = self._timed_assign
 
+    def forward(self) -> list[Tensor]:
+        """The raw maps of the fixed batch, float32."""
+        return self.model(self.images)
+
     def step(self) -> float:
         self._time_assignment()
         start = time.perf_counter()
-        maps = self.model(self.images)
-        loss = self.loss(maps, self.boxes, self.labels)["total"]
+        loss = self.loss(self.forward(), self.boxes, self.labels)["total"]
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         self.optim.step()
@@ -151,18 +154,10 @@ class OursAmp(Ours):
         super().__init__(model_name, images, boxes, labels)
         self.dtype = autocast_dtype(torch.device("cpu"), amp=True)
 
-    def step(self) -> float:
-        self._time_assignment()
-        start = time.perf_counter()
+    def forward(self) -> list[Tensor]:
         with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype is not None):
             maps = self.model(self.images)
-        loss = self.loss([m.float() for m in maps], self.boxes, self.labels)["total"]
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optim.step()
-        elapsed = time.perf_counter() - start
-        self.assign_timer.close_step()
-        return elapsed
+        return [m.float() for m in maps]
 
 
 class Official(Side):
