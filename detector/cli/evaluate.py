@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from detector.engine.distributed import resolve_device
     from detector.engine.validate import evaluate_predictions, predict_split
     from detector.eval import format_per_class_table, voc_map50_from_predictions
-    from detector.models import model_from_checkpoint
+    from detector.models import checkpoint_input_size, model_from_checkpoint
 
     device = resolve_device(args.device)
     dataset = build_dataset(load_data_config(args.data), args.split)
@@ -61,11 +61,3 @@ def run(args: argparse.Namespace) -> int:
             json.dump(report, handle, indent=2)
         print(f"metrics written to {args.json}")
     return 0
-
-
-def checkpoint_input_size(model, meta: dict) -> int:
-    """The input size a checkpoint was trained at, else its model's default (official .pth)."""
-    from detector.models import get_model_config
-
-    sizes = meta.get("input_size")
-    return int(sizes[0]) if sizes else get_model_config(model.name).input_size

@@ -48,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     import torch
 
-    from detector.cli.evaluate import checkpoint_input_size
     from detector.engine.distributed import resolve_device
-    from detector.models import model_from_checkpoint
+    from detector.models import checkpoint_input_size, model_from_checkpoint
     from detector.ops import postprocess
     from detector.preprocess import boxes_to_original, preprocess
     from detector.visualize import draw_boxes

@@ -108,8 +108,9 @@ class Trainer:
             load_checkpoint(model, weights)
         if config.sync_bn and self.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        layout = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.memory_format = layout
+        self.memory_format = (
+            torch.channels_last if config.channels_last else torch.contiguous_format
+        )
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.loss_fn = YOLOXLoss(
             len(self.class_names),

@@ -8,6 +8,7 @@ its state-dict keys are those of the official YOLOX, whose ``.pth`` files load s
 from detector.models.build import build_from_config, build_model
 from detector.models.checkpoint import (
     CheckpointError,
+    checkpoint_input_size,
     load_checkpoint,
     load_state,
     model_from_checkpoint,
@@ -24,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "build_from_config",
     "build_model",
+    "checkpoint_input_size",
     "count_gflops",
     "count_parameters",
     "fuse_model",

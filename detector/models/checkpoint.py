@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from detector.models.build import build_model
+from detector.models.config import get_model_config
 from detector.models.yolox import YOLOX
 
 log = logging.getLogger(__name__)
@@ -172,3 +173,10 @@ def model_from_checkpoint(
     model = build_model(str(name), int(num_classes))
     load_state(model, state, path)
     return model.eval(), meta
+
+
+def checkpoint_input_size(model: YOLOX, meta: Mapping[str, Any]) -> int:
+    """The input size a checkpoint was trained at (``meta["input_size"]``), else its model's
+    default (official ``.pth`` files carry no meta)."""
+    sizes = meta.get("input_size")
+    return int(sizes[0]) if sizes else get_model_config(model.name).input_size

@@ -113,15 +113,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def torchrun_two_processes(data: Path, out: Path, options: list[str]) -> list[str]:
+    """``torchrun --nproc_per_node 2 -m detector train`` of nano for 2 epochs into ``out/ddp``."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "-m", "detector", "train", "--model", "yolox_nano", "--data", str(data),
+        *options, "epochs=2", "eval_interval=2", f"output_dir={out}", "name=ddp",
+    ]  # fmt: skip
+
+
 def test_two_processes_train_with_gloo(tiny_data: Path, tmp_path: Path) -> None:
     """torchrun with 2 CPU processes: one run directory, written by rank 0, with the steps of
     one epoch over the whole dataset."""
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "detector", "train", "--model", "yolox_nano", "--data", str(tiny_data),
-        *QUICK, "epochs=2", "eval_interval=2", f"output_dir={tmp_path}", "name=ddp",
-    ]  # fmt: skip
+    cmd = torchrun_two_processes(tiny_data, tmp_path, QUICK)
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]

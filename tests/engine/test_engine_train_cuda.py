@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_engine_train import QUICK, _env, _free_port, read_metrics
+from test_engine_train import QUICK, _env, read_metrics, torchrun_two_processes
 
 from detector.engine.launch import train
 from detector.models import read_checkpoint
@@ -42,12 +41,7 @@ def test_cuda_training_uses_float16_with_loss_scaling(tiny_data: Path, tmp_path:
     torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs for an NCCL run (CI has none)"
 )
 def test_two_gpus_train_with_nccl(tiny_data: Path, tmp_path: Path) -> None:
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "detector", "train", "--model", "yolox_nano", "--data", str(tiny_data),
-        *GPU_QUICK, "epochs=2", "eval_interval=2", f"output_dir={tmp_path}", "name=ddp",
-    ]  # fmt: skip
+    cmd = torchrun_two_processes(tiny_data, tmp_path, GPU_QUICK)
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
