@@ -3,10 +3,13 @@
 Golden files (``benchmarks/models_golden.py``, made with yolox 0.3.0) hold, per size, the official
 state-dict keys and shapes and the official eval output for deterministic weights
 (``golden_fill.py``) and a fixed 64 x 96 input. Here our model must have exactly those keys and
-shapes, load the same weights strictly and give the same output to 1e-4 relative; an absolute
-1e-5 covers values near zero (scores lie in [0, 1] and boxes are in pixels, so 1e-5 is far below
-anything that matters). A live test compares with the official package directly when it is
-installed.
+shapes, load the same weights strictly and give the same output to 1e-4 of the output's scale.
+
+The tolerance is scaled, not absolute, because float32 kernels round differently from one CPU to
+the next (AVX-512 on AMD EPYC against AMX on Xeon; deep darknet53 moves a box centre of 0.69 px by
+8e-5). Boxes are compared against 1e-4 of the largest box value (pixels), probabilities against
+1e-4 of 1, each plus 1e-4 relative: a wrong layer or weight moves outputs by orders of magnitude
+more. A live test compares with the official package directly when it is installed.
 """
 
 from __future__ import annotations
@@ -31,7 +34,20 @@ NAMES = [
     "yolox_x",
     "yolox_darknet53",
 ]
-RTOL, ATOL = 1e-4, 1e-5
+RTOL = 1e-4  # relative to each value
+SCALE_TOL = 1e-4  # absolute, as a fraction of the output's scale
+
+
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """``[B, N, 5 + C]`` outputs agree within ``RTOL`` of each value plus ``SCALE_TOL`` of the
+    column group's scale: the largest ``|cx, cy, w, h|`` for boxes, 1 for probabilities."""
+    box_scale = float(expected[..., :4].abs().max())
+    torch.testing.assert_close(
+        actual[..., :4], expected[..., :4], rtol=RTOL, atol=SCALE_TOL * box_scale
+    )
+    torch.testing.assert_close(actual[..., 4:], expected[..., 4:], rtol=RTOL, atol=SCALE_TOL)
+
+
 HAVE_YOLOX = importlib.util.find_spec("yolox") is not None
 
 
@@ -58,7 +74,7 @@ def test_golden_official_outputs(name):
     model.load_state_dict(fill_state_dict(state, float(golden["gain"])), strict=True)
     with torch.no_grad():
         out = model(golden_input(tuple(golden["input_shape"].tolist())))
-    torch.testing.assert_close(out, torch.from_numpy(golden["output"]), rtol=RTOL, atol=ATOL)
+    assert_close_to_scale(out, torch.from_numpy(golden["output"]))
 
 
 @pytest.mark.skipif(not HAVE_YOLOX, reason="official yolox package not installed (optional)")
@@ -74,4 +90,4 @@ def test_live_official_state_dict_loads_strictly_and_agrees(name):
     ours.load_state_dict(official.state_dict(), strict=True)
     x = golden_input((2, 3, 96, 64))  # a batch of two, portrait this time
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), official(x), rtol=RTOL, atol=ATOL)
+        assert_close_to_scale(ours(x), official(x))
