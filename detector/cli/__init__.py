@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "eval": "evaluate",
     "predict": "predict",
+    "export": "export",
     "demo": "demo",
 }
 
