@@ -1,0 +1,1 @@
+"""Inference backends: one interface (:class:`serve.backends.base.Backend`), one module each."""
