@@ -11,8 +11,8 @@ Storage:
   the plan as it is).
 
 It lives in ``serve`` because the runtime reads it and imports point ``export`` -> ``serve``;
-export writes it. This module imports neither torch nor TensorRT: reading metadata works in a torch-free serving
-install (with ``onnx`` or, failing that, ``onnxruntime``).
+export writes it. This module imports neither torch nor TensorRT: reading metadata works in a
+torch-free serving install (with ``onnx`` or, failing that, ``onnxruntime``).
 """
 
 from __future__ import annotations
