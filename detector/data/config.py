@@ -3,7 +3,7 @@
 A dataset config names its format, its root and its splits::
 
     format: voc                      # coco | yolo | voc
-    root: ../../../shared/data/bccd  # relative to this file's directory, or absolute
+    root: ../../data/bccd            # relative to this file's directory, or absolute
     train: trainval                  # voc: an ImageSets/Main name; coco: a JSON file; yolo: a dir
     val: test                        #   or a .txt list of images
     images: images                   # coco/voc: the image folder under root
@@ -12,11 +12,17 @@ A dataset config names its format, its root and its splits::
 Ultralytics users' ``data.yaml`` files load unchanged: ``path`` is read as ``root``, ``names``
 may be a ``{id: name}`` mapping, ``nc`` is checked against ``names`` and ``format`` defaults to
 ``yolo`` when absent.
+
+``root`` may name an environment variable, ``${NAME}`` or ``${NAME:-default}`` (the default when
+``NAME`` is unset or empty), so that one config serves a copy of the data shipped with the
+project and a larger one elsewhere: ``root: ${BCCD_ROOT:-../../data/bccd}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +82,7 @@ def data_config_from_mapping(
     root_value = data.get("root", data.get("path"))
     if root_value is None:
         root_value = "."
-    root = Path(str(root_value)).expanduser()
+    root = Path(expand_env(str(root_value), source)).expanduser()
     if not root.is_absolute():
         root = base_dir / root
     root = root.resolve()
@@ -109,6 +115,28 @@ def data_config_from_mapping(
             raise ConfigError(f"{source}: 'names' (the class names) is required for {fmt} data")
         cfg.names = _coco_names(cfg.root / cfg.train)
     return cfg
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, source: str = "<memory>") -> str:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in ``text`` by the environment's values.
+
+    ``default`` is used when ``NAME`` is unset or empty; an unset ``NAME`` without a default is
+    an error naming ``source``.
+    """
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name, "")
+        if found:
+            return found
+        if default is None:
+            raise ConfigError(f"{source}: root refers to ${{{name}}}, which is not set")
+        return default
+
+    return _ENV_REF.sub(value, text)
 
 
 def load_data_config(path: str | Path, overrides: Iterable[str] = ()) -> DataConfig:

@@ -5,18 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_paths import BCCD_COCO, BCCD_VOC, needs_bccd
+from data_paths import BCCD_COCO, BCCD_ROOT, BCCD_VOC
 
 from detector.config import ConfigError
 from detector.data import load_data_config
 
 
-@needs_bccd
-def test_bccd_configs_resolve_root_relative_to_the_yaml():
+def test_bccd_configs_resolve_root_relative_to_the_yaml(monkeypatch):
+    monkeypatch.delenv("BCCD_ROOT", raising=False)
     voc, coco = load_data_config(BCCD_VOC), load_data_config(BCCD_COCO)
-    assert voc.root == coco.root == (BCCD_VOC.parent / "../../../shared/data/bccd").resolve()
+    assert voc.root == coco.root == BCCD_ROOT.resolve()  # the copy inside the repository
     assert voc.format == "voc" and coco.format == "coco"
     assert voc.names == coco.names == ["RBC", "WBC", "Platelets"]
+
+
+def test_bccd_root_from_the_environment(monkeypatch, tmp_path: Path):
+    """BCCD_ROOT points the shipped configs at a copy elsewhere; unset or empty, the shipped
+    copy is used."""
+    elsewhere = tmp_path / "bccd_big"
+    (elsewhere / "coco").mkdir(parents=True)
+    (elsewhere / "coco/instances_train.json").write_text("{}")
+    monkeypatch.setenv("BCCD_ROOT", str(elsewhere))
+    assert load_data_config(BCCD_VOC).root == load_data_config(BCCD_COCO).root == elsewhere
+    monkeypatch.setenv("BCCD_ROOT", "")
+    assert load_data_config(BCCD_VOC).root == BCCD_ROOT.resolve()
+
+
+def test_root_env_reference_without_default_must_be_set(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("MY_DATA_ROOT", raising=False)
+    path = tmp_path / "d.yaml"
+    path.write_text("format: yolo\nroot: ${MY_DATA_ROOT}/ds\ntrain: a\nval: b\nnames: [x]\n")
+    with pytest.raises(
+        ConfigError, match=r"d\.yaml: root refers to \$\{MY_DATA_ROOT\}, which is not"
+    ):
+        load_data_config(path)
+    (tmp_path / "ds").mkdir()
+    monkeypatch.setenv("MY_DATA_ROOT", str(tmp_path))
+    assert load_data_config(path).root == tmp_path / "ds"
 
 
 def test_ultralytics_data_yaml(tmp_path: Path):

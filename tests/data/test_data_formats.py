@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from data_paths import BCCD_COCO, BCCD_VOC, needs_bccd
+from data_paths import BCCD_COCO, BCCD_VOC
 
 from detector.boxes import xyxy_to_cxcywh
 from detector.data import build_dataset, load_data_config
@@ -29,7 +29,6 @@ def _assert_same(a: DetectionDataset, b: DetectionDataset, atol: float = 0.0) ->
         np.testing.assert_array_equal(ta[name][1], tb[name][1], err_msg=name)
 
 
-@needs_bccd
 def test_coco_and_voc_give_identical_targets_on_bccd():
     voc, coco = load_data_config(BCCD_VOC), load_data_config(BCCD_COCO)
     for split in ("train", "val"):
@@ -41,7 +40,6 @@ def test_coco_and_voc_give_identical_targets_on_bccd():
     assert sample.boxes.dtype == np.float32 and sample.labels.dtype == np.int64
 
 
-@needs_bccd
 def test_yolo_copy_of_bccd_agrees(tmp_path: Path):
     coco = build_dataset(load_data_config(BCCD_COCO), "val")
     images, labels = tmp_path / "images/val", tmp_path / "labels/val"

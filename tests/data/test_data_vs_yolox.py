@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from data_paths import BCCD_COCO, needs_bccd
+from data_paths import BCCD_COCO
 
 from detector.data.augment import augment_hsv, random_affine_matrix, transform_boxes
 
@@ -80,7 +80,6 @@ def test_mosaic_tile_placement_matches_yolox():
             assert tile_placement(k, xc, yc, w, h, size) == tuple(theirs)
 
 
-@needs_bccd
 @pytest.mark.parametrize(
     ("draws", "indices"),
     [
@@ -134,7 +133,6 @@ def test_mosaic_matches_official_pipeline_on_bccd(monkeypatch, tmp_path, draws, 
     np.testing.assert_allclose(boxes[key(boxes)], their_boxes[key(their_boxes)], atol=1.5)
 
 
-@needs_bccd
 @pytest.mark.parametrize(
     ("jitter", "flip", "index", "offsets"),
     [(1.3, 0.7, 12, (40, 100)), (0.6, 0.2, 200, (0, 0)), (1.05, 0.9, 7, (3, 1))],
