@@ -1,0 +1,94 @@
+"""``detector export onnx`` and ``detector export check``: write an ONNX model, verify it."""
+
+from __future__ import annotations
+
+import argparse
+
+from detector.ops import MAX_DET, PREDICT_CONF
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    onnx = subparsers.add_parser(
+        "onnx",
+        help="checkpoint -> ONNX (decode, optional NMS in the graph), verified against PyTorch",
+        description="Export a checkpoint to ONNX: input 'images' [B,3,H,W] float32 BGR 0-255, "
+        "output 'output' [B,N,5+C] decoded (or, with --nms, num_dets/boxes/scores/classes). "
+        "The file carries its metadata and is checked with ONNX Runtime against PyTorch.",
+    )
+    onnx.add_argument("--weights", required=True, help="checkpoint (.pt, or official .pth)")
+    onnx.add_argument("--model", help="model name, needed only for official YOLOX .pth files")
+    onnx.add_argument("--out", required=True, help="ONNX file to write")
+    onnx.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's)")
+    batch = onnx.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
+    batch.add_argument("--dynamic", action="store_true", help="dynamic batch dimension")
+    onnx.add_argument("--nms", action="store_true", help="class-aware NMS inside the graph")
+    onnx.add_argument("--half", action="store_true", help="FP16 weights and compute")
+    onnx.add_argument(
+        "--conf", type=float, default=PREDICT_CONF, help="score threshold of the in-graph NMS"
+    )
+    onnx.add_argument("--iou", type=float, default=0.45, help="IoU threshold of the in-graph NMS")
+    onnx.add_argument(
+        "--max-det", type=int, default=MAX_DET, help="K: detections per image of the in-graph NMS"
+    )
+    onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    onnx.add_argument(
+        "--no-verify", action="store_true", help="skip the check against PyTorch (not advised)"
+    )
+    onnx.set_defaults(func=run_export)
+
+    check = subparsers.add_parser(
+        "check",
+        help="compare an exported ONNX file with its checkpoint",
+        description="Run an ONNX file through the serving runtime (ONNX Runtime) and PyTorch on "
+        "the same images; print the largest difference and whether the detections agree. "
+        "Exit status 1 when they disagree beyond the tolerance.",
+    )
+    check.add_argument("onnx", help="ONNX file written by 'detector export onnx'")
+    check.add_argument("--weights", required=True, help="the checkpoint it was exported from")
+    check.add_argument("--model", help="model name, needed only for official YOLOX .pth files")
+    check.set_defaults(func=run_check)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from export.onnx import OnnxExportOptions, export_model, load_model
+
+    options = OnnxExportOptions(
+        imgsz=args.imgsz,
+        batch=args.batch,
+        dynamic=args.dynamic,
+        nms=args.nms,
+        half=args.half,
+        score_threshold=args.conf,
+        iou_threshold=args.iou,
+        max_detections=args.max_det,
+        opset=args.opset,
+    )
+    options.validate()
+    model, meta = load_model(args.weights, args.model)
+    path = export_model(model, meta, args.out, options)
+    print(f"wrote {path}")
+    if args.no_verify:
+        print("not verified (--no-verify)")
+        return 0
+    return _verify(path, model)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from export.onnx import load_model
+
+    model, _ = load_model(args.weights, args.model)
+    return _verify(args.onnx, model)
+
+
+def _verify(path, model) -> int:
+    try:
+        from export.verify import verify_onnx
+    except ModuleNotFoundError as exc:  # verification lands in its own step
+        if exc.name != "export.verify":
+            raise
+        print("verification not available")
+        return 0
+    report = verify_onnx(path, model)
+    print(report.summary())
+    return 0 if report.ok else 1

@@ -1,0 +1,273 @@
+"""Checkpoint -> ONNX: decode (and optionally class-aware NMS) in the graph, metadata inside.
+
+The graph takes ``images [B, 3, H, W]`` float32, BGR, 0-255 (what ``detector.preprocess`` makes)
+and returns ``output [B, N, 5 + C]`` (the evaluation-mode model: ``cx, cy, w, h`` in input
+pixels, objectness, class scores), or with ``nms`` the four outputs of :mod:`export.nms`.
+Batch norm is folded into the convolutions first, the graph is simplified with onnxslim, and
+the file is written atomically (temporary file, then rename), so a killed export leaves no
+broken ``.onnx`` behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from detector.models import (
+    YOLOX,
+    checkpoint_input_size,
+    fuse_model,
+    model_from_checkpoint,
+)
+from detector.ops import MAX_DET, PREDICT_CONF
+from detector.preprocess import PreprocessSpec, as_size
+from serve.metadata import (
+    INPUT_NAME,
+    NMS_OUTPUTS,
+    RAW_OUTPUT,
+    ModelMetadata,
+    NmsSettings,
+    write_onnx_metadata,
+)
+
+DEFAULT_OPSET = 17
+SERVE_IOU = 0.45  # the NMS IoU of predict / serve
+
+
+class ExportError(ValueError):
+    """An export cannot be done as asked; the message says why and names the file."""
+
+
+@dataclass(frozen=True)
+class OnnxExportOptions:
+    """How to export.
+
+    ``imgsz`` is ``None`` (the checkpoint's input size), an int or ``(height, width)``; both
+    must be multiples of the largest stride (32). ``batch`` is the fixed batch size, ignored
+    with ``dynamic``. The NMS settings apply with ``nms`` only.
+    """
+
+    imgsz: int | tuple[int, int] | None = None
+    batch: int = 1
+    dynamic: bool = False
+    nms: bool = False
+    half: bool = False
+    score_threshold: float = PREDICT_CONF
+    iou_threshold: float = SERVE_IOU
+    max_detections: int = MAX_DET
+    opset: int = DEFAULT_OPSET
+    simplify: bool = True
+
+    def validate(self) -> None:
+        if not self.dynamic and self.batch < 1:
+            raise ExportError(f"batch must be at least 1, got {self.batch}")
+        if self.opset < 17:
+            raise ExportError(f"opset must be 17 or newer, got {self.opset}")
+        if self.nms:
+            if not 0.0 < self.score_threshold < 1.0:
+                raise ExportError(
+                    f"NMS score threshold must be in (0, 1), got {self.score_threshold}"
+                )
+            if not 0.0 < self.iou_threshold <= 1.0:
+                raise ExportError(f"NMS IoU threshold must be in (0, 1], got {self.iou_threshold}")
+            if self.max_detections < 1:
+                raise ExportError(f"max detections must be at least 1, got {self.max_detections}")
+
+
+class _Graph(nn.Module):
+    """What is exported: the model, optionally FP16 inside (float32 in and out), optionally
+    followed by in-graph NMS."""
+
+    def __init__(self, model: YOLOX, half: bool, nms: nn.Module | None) -> None:
+        super().__init__()
+        self.model = model
+        self.half = half
+        self.nms = nms
+
+    def forward(self, images: Tensor) -> Tensor | tuple[Tensor, ...]:
+        if self.half:
+            output = self.model(images.half()).float()
+        else:
+            output = self.model(images)
+        if self.nms is not None:
+            return self.nms(output)
+        return output
+
+
+def load_model(weights: str | Path, model_name: str | None = None) -> tuple[YOLOX, dict[str, Any]]:
+    """The checkpoint's model in evaluation mode with batch norm folded in, and its ``meta``.
+
+    Raises:
+        CheckpointError (a ValueError naming the file): missing, unreadable, or an official
+            ``.pth`` given without ``model_name``.
+    """
+    model, meta = model_from_checkpoint(weights, name=model_name)
+    return fuse_model(model.eval()), meta
+
+
+def input_size(model: YOLOX, meta: dict[str, Any], imgsz: Any) -> tuple[int, int]:
+    """``(height, width)`` to export at: ``imgsz``, else the checkpoint's; multiples of 32."""
+    height, width = as_size(imgsz) if imgsz else as_size(checkpoint_input_size(model, meta))
+    stride = max(model.strides)
+    if height % stride or width % stride or height <= 0 or width <= 0:
+        raise ExportError(
+            f"input size must be positive multiples of {stride}, got {height}x{width}"
+        )
+    return height, width
+
+
+def build_metadata(
+    model: YOLOX, meta: dict[str, Any], size: tuple[int, int], options: OnnxExportOptions,
+    max_detections: int | None = None,
+) -> ModelMetadata:  # fmt: skip
+    """The :class:`ModelMetadata` of an export (class names from the checkpoint's meta, else
+    ``"0" .. "C-1"`` for official files)."""
+    names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
+    if len(names) != model.num_classes:
+        raise ExportError(
+            f"checkpoint meta lists {len(names)} class names for a {model.num_classes}-class model"
+        )
+    nms = None
+    if options.nms:
+        nms = NmsSettings(
+            score_threshold=float(options.score_threshold),
+            iou_threshold=float(options.iou_threshold),
+            max_detections=int(max_detections or options.max_detections),
+        )
+    return ModelMetadata(
+        model_name=model.name,
+        class_names=tuple(str(n) for n in names),
+        input_size=size,
+        strides=tuple(int(s) for s in model.strides),
+        precision="fp16" if options.half else "fp32",
+        layout="nms" if options.nms else "raw",
+        batch=None if options.dynamic else int(options.batch),
+        nms=nms,
+        preprocess=PreprocessSpec(*size),
+        extra={"opset": options.opset},
+    )
+
+
+def num_anchors(size: tuple[int, int], strides: tuple[int, ...]) -> int:
+    """``N``: anchors of a ``(height, width)`` input over all levels."""
+    return sum((size[0] // s) * (size[1] // s) for s in strides)
+
+
+def to_onnx_model(
+    model: YOLOX, size: tuple[int, int], options: OnnxExportOptions
+) -> tuple[onnx.ModelProto, int | None]:
+    """Trace ``model`` to an ``onnx.ModelProto`` (simplified); returns it and the NMS ``K``
+    (``None`` without NMS)."""
+    options.validate()
+    nms_module, k = None, None
+    if options.nms:
+        from export.nms import InGraphNms
+
+        k = min(options.max_detections, num_anchors(size, tuple(model.strides)))
+        nms_module = InGraphNms(options.score_threshold, options.iou_threshold, k)
+    model = model.half() if options.half else model.float()
+    graph = _Graph(model, options.half, nms_module).eval()
+    batch = 1 if options.dynamic else options.batch
+    dummy = torch.zeros(batch, 3, *size)
+    outputs = list(NMS_OUTPUTS) if options.nms else [RAW_OUTPUT]
+    dynamic_axes = None
+    if options.dynamic:
+        dynamic_axes = {name: {0: "batch"} for name in (INPUT_NAME, *outputs)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                graph,
+                (dummy,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=outputs,
+                dynamic_axes=dynamic_axes,
+                opset_version=options.opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        proto = onnx.load(str(path))
+    if options.simplify:
+        import onnxslim
+
+        proto = onnxslim.slim(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto, k
+
+
+def save_atomic(proto: onnx.ModelProto, out: str | Path) -> Path:
+    """Write ``proto`` to ``out`` through a temporary file in the same folder and a rename."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(proto.SerializeToString())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, out)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def export_model(
+    model: YOLOX, meta: dict[str, Any], out: str | Path, options: OnnxExportOptions
+) -> Path:
+    """Export an already loaded (fused, evaluation-mode) model; see :func:`export_onnx`."""
+    size = input_size(model, meta, options.imgsz)
+    proto, k = to_onnx_model(model, size, options)
+    write_onnx_metadata(proto, build_metadata(model, meta, size, options, k))
+    return save_atomic(proto, out)
+
+
+def export_onnx(
+    weights: str | Path,
+    out: str | Path,
+    model_name: str | None = None,
+    imgsz: int | tuple[int, int] | None = None,
+    batch: int = 1,
+    dynamic: bool = False,
+    nms: bool = False,
+    half: bool = False,
+    score_threshold: float = PREDICT_CONF,
+    iou_threshold: float = SERVE_IOU,
+    max_detections: int = MAX_DET,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export checkpoint ``weights`` to ONNX file ``out``; returns ``out``.
+
+    Args:
+        weights: our ``.pt`` (it names its model) or an official YOLOX ``.pth`` (then
+            ``model_name`` is required).
+        imgsz: input size (int or ``(h, w)``), default the checkpoint's.
+        batch: fixed batch size; ``dynamic`` makes the batch dimension dynamic instead.
+        nms: class-aware NMS in the graph (``score_threshold``, ``iou_threshold``,
+            ``max_detections`` = K, the padding of its outputs).
+        half: FP16 weights and compute, float32 input and outputs.
+    """
+    options = OnnxExportOptions(
+        imgsz=imgsz,
+        batch=batch,
+        dynamic=dynamic,
+        nms=nms,
+        half=half,
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
+        opset=opset,
+    )
+    options.validate()
+    model, meta = load_model(weights, model_name)
+    return export_model(model, meta, out, options)

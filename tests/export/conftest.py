@@ -1,0 +1,48 @@
+"""Randomly initialised checkpoints in our format, made lively enough to produce detections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.engine.checkpoint import save_atomic
+from detector.models import build_model
+
+CLASS_NAMES = ["red", "green", "blue"]
+IMGSZ = 128
+
+
+def lively_checkpoint(path: Path, name: str, seed: int = 0, imgsz: int = IMGSZ) -> Path:
+    """Save a ``name`` model with random weights as our checkpoint (``model`` + ``meta``).
+
+    A fresh model's objectness prior (0.01) scores every anchor near 1e-4; its prediction biases
+    are redrawn here so that scores spread over 0-1 and every image has detections to compare.
+    """
+    torch.manual_seed(seed)
+    model = build_model(name, num_classes=len(CLASS_NAMES))
+    with torch.no_grad():
+        for conv in (*model.head.obj_preds, *model.head.cls_preds):
+            conv.bias.normal_(0.0, 1.5)
+        for module in model.modules():  # non-trivial batch norm, so that fusing matters
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    meta = {
+        "model_name": name,
+        "num_classes": len(CLASS_NAMES),
+        "class_names": CLASS_NAMES,
+        "input_size": [imgsz, imgsz],
+    }
+    return save_atomic({"model": model.state_dict(), "meta": meta}, path)
+
+
+@pytest.fixture(scope="session")
+def nano_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return lively_checkpoint(tmp_path_factory.mktemp("ckpt") / "nano.pt", "yolox_nano", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return lively_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", "yolox_tiny", seed=2)
