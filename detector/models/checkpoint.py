@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from detector.models.build import build_model
-from detector.models.config import get_model_config
+from detector.models.config import get_model_config, model_names
 from detector.models.yolox import YOLOX
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"containers, or is not a PyTorch file): {first}"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in the unpickler
+        size = path.stat().st_size
+        what = "an empty file" if size == 0 else f"{size:,} bytes"
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
+            f"{path}: truncated or corrupt checkpoint ({what}), not a readable PyTorch file"
         ) from exc
     if isinstance(data, Mapping) and data and all(isinstance(v, Tensor) for v in data.values()):
         return {"model": dict(data)}
@@ -92,9 +94,37 @@ def _checkpoint_classes(state: Mapping[str, Tensor]) -> int | None:
     return int(weight.shape[0]) if weight is not None else None
 
 
-def _describe(keys: list[str], limit: int = 5) -> str:
+def _describe(keys: list[str], limit: int = 2) -> str:
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+def fitting_models(state: Mapping[str, Tensor]) -> list[str]:
+    """Names of the model sizes whose state dicts have exactly the keys and shapes of ``state``
+    (class predictions aside: any number of classes fits).
+
+    Each size is built on the ``meta`` device (shapes only, no memory, about 2 s for all seven),
+    so this is cheap enough for an error message.
+    """
+    classes = _checkpoint_classes(state) or 80
+    theirs = {k: tuple(v.shape) for k, v in state.items()}
+    fits = []
+    for name in model_names():
+        with torch.device("meta"):
+            own = build_model(name, classes).state_dict()
+        if theirs == {k: tuple(v.shape) for k, v in own.items()}:
+            fits.append(name)
+    return fits
+
+
+def check_model_name(meta: Mapping[str, Any], name: str, source: str | Path) -> None:
+    """Our checkpoints record their model: loading one into another size is an error."""
+    recorded = meta.get("model_name")
+    if recorded and str(recorded) != name:
+        raise CheckpointError(
+            f"{source}: checkpoint is {recorded}, not {name} (pass --model {recorded}, or "
+            f"start {name} from an official {name} .pth or from scratch)"
+        )
 
 
 def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str | Path) -> None:
@@ -102,20 +132,13 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str | Path
     of classes differs (those keep their initialisation, with a warning). ``source`` names the
     file in errors."""
     own = model.state_dict()
-    state = dict(state)
+    full = dict(state)
+    state = dict(full)
     theirs, ours = _checkpoint_classes(state), _checkpoint_classes(own)
     skipped: set[str] = set()
     if theirs is not None and ours is not None and theirs != ours:
         state = {k: v for k, v in state.items() if not k.startswith(CLASS_PRED_PREFIX)}
         skipped = {k for k in own if k.startswith(CLASS_PRED_PREFIX)}
-        log.warning(
-            "%s: checkpoint has %d classes, the model %d: loaded everything except the class "
-            "predictions (%s*), which keep their initialisation",
-            source,
-            theirs,
-            ours,
-            CLASS_PRED_PREFIX,
-        )
     missing = sorted(k for k in own if k not in state and k not in skipped)
     unexpected = sorted(k for k in state if k not in own)
     wrong = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
@@ -129,7 +152,23 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str | Path
         problems.append(f"{len(wrong)} shape mismatches (checkpoint vs model): {_describe(shapes)}")
     if problems:
         name = getattr(model, "name", type(model).__name__)
-        raise CheckpointError(f"{source}: does not fit model '{name}': " + "; ".join(problems))
+        fits = [n for n in fitting_models(full) if n != name]
+        if fits:
+            hint = f"; its weights fit {' or '.join(fits)} (pass --model {fits[0]})"
+        else:
+            hint = "; its weights fit none of " + ", ".join(model_names())
+        raise CheckpointError(
+            f"{source}: does not fit model '{name}' (" + "; ".join(problems) + ")" + hint
+        )
+    if skipped:
+        log.warning(
+            "%s: checkpoint has %d classes, the model %d: loaded everything except the class "
+            "predictions (%s*), which keep their initialisation",
+            source,
+            theirs,
+            ours,
+            CLASS_PRED_PREFIX,
+        )
     model.load_state_dict(state, strict=not skipped)
 
 
@@ -138,9 +177,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, key: str = "model") -> d
     :func:`load_state` for a different number of classes). Returns the checkpoint's ``"meta"``
     (``{}`` for official YOLOX files)."""
     checkpoint = read_checkpoint(path)
-    load_state(model, _state_dict(checkpoint, key, path), path)
     meta = checkpoint.get("meta")
-    return dict(meta) if isinstance(meta, Mapping) else {}
+    meta = dict(meta) if isinstance(meta, Mapping) else {}
+    check_model_name(meta, getattr(model, "name", ""), path)
+    load_state(model, _state_dict(checkpoint, key, path), path)
+    return meta
 
 
 def model_from_checkpoint(
@@ -160,6 +201,8 @@ def model_from_checkpoint(
     meta = checkpoint.get("meta")
     meta = dict(meta) if isinstance(meta, Mapping) else {}
     state = _state_dict(checkpoint, "model", path)
+    if name:
+        check_model_name(meta, str(name), path)
     name = name or meta.get("model_name")
     if not name:
         raise CheckpointError(

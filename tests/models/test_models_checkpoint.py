@@ -110,6 +110,39 @@ def test_wrong_model_size_fails_naming_the_file(tmp_path, model):
         load_checkpoint(build_model("yolox_tiny", num_classes=3), path)
 
 
+def test_our_checkpoint_of_another_size_says_which_it_is(tmp_path, model):
+    """Our checkpoints record their model: the error says so, in one short sentence."""
+    path = tmp_path / "best.pt"
+    torch.save({"model": model.state_dict(), "meta": meta()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(build_model("yolox_s", num_classes=3), path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: checkpoint is yolox_nano, not yolox_s")
+    assert len(message) < 200 and "backbone." not in message
+    with pytest.raises(CheckpointError, match="checkpoint is yolox_nano, not yolox_tiny"):
+        model_from_checkpoint(path, name="yolox_tiny")
+    built, _ = model_from_checkpoint(path, name=NAME)  # naming its own size is fine
+    assert same_weights(built, model)
+
+
+def test_official_file_of_another_size_names_the_sizes_that_fit(tmp_path, model):
+    """Official .pth files carry no meta: the shapes tell which sizes the weights fit, whatever
+    their number of classes."""
+    path = tmp_path / "yolox_nano.pth"
+    torch.save({"model": model.state_dict()}, path)  # nano weights, 3 classes, no meta
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(build_model("yolox_s", num_classes=80), path)
+    message = str(err.value)
+    assert "does not fit model 'yolox_s'" in message
+    assert message.endswith("its weights fit yolox_nano (pass --model yolox_nano)")
+    assert len(message) < 700
+    state = dict(model.state_dict())
+    state["backbone.backbone.stem.conv.conv.weight"] = torch.zeros(1, 1, 1, 1)
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match=r"its weights fit none of yolox_darknet53, yolox_l"):
+        load_checkpoint(build_model(NAME, num_classes=3), path)
+
+
 def test_missing_and_unexpected_keys(tmp_path, model):
     state = dict(model.state_dict())
     state.pop("head.stems.0.conv.weight")
@@ -130,8 +163,21 @@ def test_truncated_file(tmp_path, model):
     path = tmp_path / "cut.pt"
     torch.save({"model": model.state_dict()}, path)
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match=r"cut.pt: not a readable"):
+    with pytest.raises(CheckpointError) as err:
         read_checkpoint(path)
+    assert str(err.value) == (
+        f"{path}: truncated or corrupt checkpoint (5,000 bytes), not a readable PyTorch file"
+    )
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert str(err.value) == (
+        f"{path}: truncated or corrupt checkpoint (an empty file), not a readable PyTorch file"
+    )
 
 
 def test_not_a_checkpoint(tmp_path):
