@@ -36,12 +36,30 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(describe_yaml_error(path, exc)) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def describe_yaml_error(path: str | Path, exc: yaml.YAMLError) -> str:
+    """``FILE: line L, column C: not valid YAML: problem (context at line N)`` for a PyYAML error,
+    without PyYAML's ``in "<unicode string>"`` quotes."""
+    mark = getattr(exc, "problem_mark", None)
+    where = str(path)
+    if mark is not None:
+        where += f": line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(exc, "problem", None)
+    if not problem:
+        return f"{where}: not valid YAML ({type(exc).__name__})"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        problem += f" ({context} at line {context_mark.line + 1})"
+    elif context:
+        problem += f" ({context})"
+    return f"{where}: not valid YAML: {problem}"
 
 
 def suggest(key: str, known: Iterable[str]) -> str:

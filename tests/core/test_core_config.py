@@ -56,7 +56,7 @@ def test_overrides_are_parsed_as_yaml_and_checked_against_the_schema():
 def test_load_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml: line 2, column 1: not valid YAML"):
         load_yaml(bad)
     with pytest.raises(ConfigError, match="missing.yaml: cannot read"):
         load_yaml(tmp_path / "missing.yaml")
@@ -64,3 +64,32 @@ def test_load_yaml_names_the_file(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_yaml(listing)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "problem"),
+    [
+        ("epochs: 3\nbatch: [8, 16\nlr: 0.1\n", 3, "expected ',' or ']'"),
+        ("epochs: 3\n  batch: 8\n", 2, "mapping values are not allowed here"),
+        ("name: 'exp\n", 2, "unexpected end of stream"),
+        ("epochs: 3\n\tbatch: 8\n", 2, "'\\t' that cannot start any token"),
+    ],
+)
+def test_malformed_yaml_names_the_file_and_line(tmp_path, text, line, problem):
+    """The file's own name and the line, never PyYAML's 'in "<unicode string>"'."""
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: line {line}, column ")
+    assert problem in message and "<unicode string>" not in message, message
+
+
+def test_malformed_data_config_names_the_file_and_line(tmp_path):
+    from detector.data import load_data_config
+
+    path = tmp_path / "data.yaml"
+    path.write_text("format: coco\nnames: [a, b\ntrain: t.json\n")
+    with pytest.raises(ConfigError, match=r"data\.yaml: line 3, column 6: not valid YAML"):
+        load_data_config(path)
