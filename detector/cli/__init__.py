@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
+
+from detector.config import suggest
 
 # command name -> module under detector.cli that registers it
 COMMANDS: dict[str, str] = {
@@ -31,6 +34,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="detector", description="Train, evaluate and run YOLOX-style detectors."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"detector {package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name, module in COMMANDS.items():
@@ -47,10 +51,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def package_version() -> str:
+    """The installed distribution's version (``pyproject.toml``), from its metadata."""
+    try:
+        return importlib.metadata.version("detector")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
+    if command is not None and command not in COMMANDS:
+        parser = build_parser(only="")  # no command module imported just to say this
+        parser.error(f"unknown command '{command}'{suggest(command, COMMANDS)}; the commands are "
+                     + ", ".join(COMMANDS))  # fmt: skip
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -45,6 +45,14 @@ def train(
             overrides=overrides, base=ckpt["train_config"], source=f"{path} train_config"
         )
         run_dir = path.parent.parent
+        done = int(ckpt["epoch"])
+        if done >= config.epochs:
+            logger.info(
+                "%s is already complete (%d of %d epochs trained); nothing to resume. To train "
+                "longer: detector train --resume %s epochs=N (N > %d)",
+                run_dir, done, config.epochs, resume, done,
+            )  # fmt: skip
+            return run_dir
         trainer = Trainer(
             config, ckpt["model_name"], data or ckpt["data"], resume=ckpt, run_dir=run_dir
         )
