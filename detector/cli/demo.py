@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, help="loader worker processes (default: from the usable cores)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="train overrides")
     parser.set_defaults(func=run)
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         f"epochs={args.epochs}",
         f"imgsz={args.imgsz}",
         f"batch={args.batch}",
-        f"workers={args.workers}",
+        *([f"workers={args.workers}"] if args.workers is not None else []),
         f"device={args.device}",
         f"output_dir={out}",
         "name=train",

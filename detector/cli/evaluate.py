@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--conf", type=float, default=0.01, help="confidence threshold")
     parser.add_argument("--nms", type=float, default=0.65, help="NMS IoU threshold")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, help="loader worker processes (default: from the usable cores)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--voc", action="store_true", help="also report VOC-style mAP@0.5")
     parser.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
@@ -32,11 +34,15 @@ def run(args: argparse.Namespace) -> int:
 
     from detector.data import build_dataset, load_data_config
     from detector.engine.distributed import resolve_device
+    from detector.engine.resources import apply_threads, cpu_plan
     from detector.engine.validate import evaluate_predictions, predict_split
     from detector.eval import format_per_class_table, voc_map50_from_predictions
     from detector.models import checkpoint_input_size, model_from_checkpoint
 
     device = resolve_device(args.device)
+    plan = cpu_plan(accelerator=device.type != "cpu")
+    workers = plan.eval_workers if args.workers is None else args.workers
+    apply_threads(plan.threads)
     dataset = build_dataset(load_data_config(args.data), args.split)
     model, meta = model_from_checkpoint(args.weights, name=args.model)
     if model.num_classes != dataset.num_classes:
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     imgsz = args.imgsz or checkpoint_input_size(model, meta)
     model = model.to(device).eval()
     predictions = predict_split(
-        model, dataset, imgsz, device, args.batch, args.workers, args.conf, args.nms
+        model, dataset, imgsz, device, args.batch, workers, args.conf, args.nms
     )
     result = evaluate_predictions(predictions, dataset)
     report = result.to_dict()

@@ -27,7 +27,8 @@ class TrainConfig:
     epochs: int = 300
     batch: int = 64
     imgsz: int | None = None
-    workers: int = 4
+    workers: int | None = None
+    threads: int | None = None
     device: str = "auto"
     seed: int = 0
     cache: bool = False
@@ -68,7 +69,8 @@ class TrainConfig:
         checks = [
             (self.epochs > 0, "epochs must be positive"),
             (self.batch > 0, "batch must be positive"),
-            (self.workers >= 0, "workers must be >= 0"),
+            (self.workers is None or self.workers >= 0, "workers must be >= 0 (or null)"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1 (or null)"),
             (self.no_aug_epochs >= 0, "no_aug_epochs must be >= 0"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (self.optimizer in ("sgd", "adamw"), "optimizer must be 'sgd' or 'adamw'"),

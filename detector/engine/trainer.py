@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from detector.engine.ema import ModelEMA
 from detector.engine.optim import build_optimizer
 from detector.engine.precision import autocast_dtype
 from detector.engine.precision import describe as describe_precision
+from detector.engine.resources import apply_threads, cpu_plan
 from detector.engine.schedule import lr_at
 from detector.engine.validate import evaluate_predictions, predict_split
 from detector.losses import YOLOXLoss
@@ -93,6 +95,7 @@ class Trainer:
             raise ValueError(f"batch={config.batch} is not divisible by {world} processes")
         self.batch_per_process = config.batch // world
         torch.manual_seed(config.seed + dist.rank())
+        self.workers, self.threads = self._cpu_budget(world)
 
         # data
         self.data_config = load_data_config(self.data_path)
@@ -266,7 +269,7 @@ class Trainer:
             self.imgsz,
             self.device,
             batch_size=self.config.eval_batch,
-            workers=min(self.config.workers, 2),
+            workers=self.workers,
             conf_thres=self.config.eval_conf,
             iou_thres=self.config.eval_nms,
         )
@@ -292,11 +295,29 @@ class Trainer:
             batch_size=self.batch_per_process,
             augment=self.config.augment,
             mosaic=mosaic,
-            workers=self.config.workers,
+            workers=self.workers,
             seed=self.config.seed,
             sampler=sampler,
             float_images=self.device.type != "cuda",
         )
+
+    def _cpu_budget(self, world: int) -> tuple[int, int]:
+        """Loader workers and torch threads: the config's, else chosen from the usable cores
+        shared by this node's processes (``detector.engine.resources``)."""
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        plan = cpu_plan(processes=local, accelerator=self.device.type != "cpu")
+        workers = self.config.workers if self.config.workers is not None else plan.workers
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)
+            threads = self.config.threads
+        else:
+            threads = apply_threads(plan.threads)
+        if self.is_main:
+            logger.info(
+                "%d usable CPU core(s) per process: %d torch thread(s), %d loader worker(s)",
+                plan.cpus, threads, workers,
+            )  # fmt: skip
+        return workers, threads
 
     def _set_lr(self, iteration: int) -> float:
         config = self.config
