@@ -307,6 +307,13 @@ def build_engine(
         )
     else:
         onnx_precision = metadata.precision
+    target = (metadata.extra.get("int8") or {}).get("target", "tensorrt")
+    if onnx_precision == "int8" and target != "tensorrt":
+        raise EngineBuildError(
+            f"{onnx_path}: this INT8 ONNX was quantized with --target {target}; TensorRT takes "
+            "only symmetric signed INT8 Q/DQ: make it with 'detector export int8 ... --target "
+            "tensorrt'"
+        )
     if workspace_gib <= 0:
         raise EngineBuildError(f"--workspace must be positive GiB, got {workspace_gib}")
     trt_version = require_tensorrt()

@@ -30,9 +30,9 @@ from serve.metadata import INPUT_NAME, ModelMetadata, read_sidecar
 log = logging.getLogger(__name__)
 
 MISSING_TENSORRT = (
-    "TensorRT's Python package ('tensorrt') is not installed. On Jetson it comes with JetPack "
-    "(apt package python3-libnvinfer; use the system Python, or a virtual environment made "
-    "with --system-site-packages). On x86_64 Linux: 'pip install tensorrt', which downloads "
+    "TensorRT's Python package ('tensorrt') is not installed. On Jetson it comes with JetPack, "
+    "for the system Python 3 (use that, or a virtual environment made with "
+    "--system-site-packages). On x86_64 Linux: 'pip install tensorrt', which downloads "
     "from NVIDIA's index (pypi.nvidia.com) and so needs it reachable, or use an NGC container "
     "that ships it (nvcr.io/nvidia/tensorrt)."
 )

@@ -54,7 +54,11 @@ needs_gpu = pytest.mark.skipif(GPU_SKIP is not None, reason=f"TensorRT GPU test:
 
 
 def small_onnx(
-    path: Path, batch: int | None = 1, precision: str = "fp32", qdq: bool = False
+    path: Path,
+    batch: int | None = 1,
+    precision: str = "fp32",
+    qdq: bool = False,
+    target: str | None = None,
 ) -> Path:
     """A one-convolution ONNX with our input name and metadata: ``images [B, 3, 32, 64]`` ->
     ``output``; ``batch=None`` makes the batch dynamic; ``qdq`` puts Q/DQ before the conv."""
@@ -85,7 +89,7 @@ def small_onnx(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     metadata = ModelMetadata(
         model_name="small", class_names=("a",), input_size=(32, 64), precision=precision,
-        batch=batch,
+        batch=batch, extra={"int8": {"target": target}} if target else {},
     )  # fmt: skip
     write_onnx_metadata(model, metadata)
     onnx.save(model, str(path))
@@ -228,6 +232,9 @@ def test_user_mistakes_are_reported_before_looking_for_tensorrt(tmp_path, capsys
     fake_int8 = small_onnx(tmp_path / "fake.onnx", precision="int8")
     with pytest.raises(EngineBuildError, match="no QuantizeLinear/DequantizeLinear"):
         build_engine(fake_int8, tmp_path / "f.engine", precision="int8")
+    cpu_int8 = small_onnx(tmp_path / "cpu.onnx", precision="int8", qdq=True, target="cpu")
+    with pytest.raises(EngineBuildError, match="quantized with --target cpu"):
+        build_engine(cpu_int8, tmp_path / "c.engine", precision="int8")
     assert main(["export", "engine", "--onnx", str(tmp_path / "nope.onnx"), "--out", "x"]) == 2
     assert "nope.onnx: no such ONNX file" in capsys.readouterr().err
 
