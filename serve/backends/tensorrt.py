@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,8 @@ class TensorRTBackend:
         device: CUDA device index.
 
     Device buffers are allocated once for the largest batch of the engine's optimisation
-    profile; :meth:`infer` takes any batch inside the profile.
+    profile; :meth:`infer` takes any batch inside the profile. One execution context and one
+    set of buffers serve all calls, so :meth:`infer` holds a lock (server threads queue).
     """
 
     name = "tensorrt"
@@ -264,6 +266,8 @@ class TensorRTBackend:
         check_engine_runs_here(self.path, self.metadata, trt_version, self.gpu)
         self._buffers: dict[str, int] = {}
         self._stream: Any = None
+        self._lock = threading.Lock()
+        self.device = device
         cuda_check(self._cudart.cudaSetDevice(device), "cudaSetDevice")
         self._load(trt_version)
 
@@ -333,7 +337,13 @@ class TensorRTBackend:
         """``images`` ``[B, 3, H, W]`` float32 -> ``{"output": [B, N, 5 + C]}`` or
         ``num_dets [B, 1]``, ``boxes [B, K, 4]``, ``scores [B, K]``, ``classes [B, K]``."""
         self._check_batch(images)
+        with self._lock:
+            return self._infer(images)
+
+    def _infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         cudart = self._cudart
+        # the CUDA runtime's current device is per host thread; server threads start on 0
+        cuda_check(cudart.cudaSetDevice(self.device), "cudaSetDevice")
         batch = np.ascontiguousarray(images, dtype=self.dtypes[INPUT_NAME])
         if not self.context.set_input_shape(INPUT_NAME, tuple(batch.shape)):
             raise EngineRunError(f"{self.path}: set_input_shape{tuple(batch.shape)} failed")
