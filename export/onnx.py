@@ -10,6 +10,7 @@ broken ``.onnx`` behind.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import warnings
@@ -27,6 +28,7 @@ from detector.models import (
     fuse_model,
     model_from_checkpoint,
 )
+from detector.models.decode import decode_outputs
 from detector.ops import MAX_DET, PREDICT_CONF
 from detector.preprocess import PreprocessSpec, as_size
 from serve.metadata import (
@@ -94,7 +96,11 @@ class _Graph(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor | tuple[Tensor, ...]:
         if self.half:
-            output = self.model(images.half()).float()
+            # the network in FP16; the decode (grid, exp, sigmoid) in float32, where box pixels
+            # keep their precision (FP16 has a 0.25 px step above 256) and ONNX's Range, which
+            # has no float16 form, stays valid
+            maps = self.model.forward_raw(images.half())
+            output = decode_outputs([m.float() for m in maps], self.model.strides)
         else:
             output = self.model(images)
         if self.nms is not None:
@@ -173,7 +179,7 @@ def to_onnx_model(
 
         k = min(options.max_detections, num_anchors(size, tuple(model.strides)))
         nms_module = InGraphNms(options.score_threshold, options.iou_threshold, k)
-    model = model.half() if options.half else model.float()
+    model = copy.deepcopy(model).half() if options.half else model.float()  # caller's stays
     graph = _Graph(model, options.half, nms_module).eval()
     batch = 1 if options.dynamic else options.batch
     dummy = torch.zeros(batch, 3, *size)
