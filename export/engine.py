@@ -223,8 +223,9 @@ def profile_shapes(
         opt = opt_batch or high
         if not low <= opt <= high:
             raise EngineBuildError(
-                f"batch sizes must satisfy min <= opt <= max, got --min-batch {low}, "
-                f"--opt-batch {opt}, --max-batch {high}"
+                f"batch sizes must satisfy min <= opt <= max, got min {low}, opt {opt}, max "
+                f"{high} (--min-batch defaults to 1, --max-batch to the larger of min and opt, "
+                "--opt-batch to max)"
             )
     return Profile(
         min=(low, 3, height, width), opt=(opt, 3, height, width), max=(high, 3, height, width)
