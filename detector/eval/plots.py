@@ -3,7 +3,8 @@
 - ``plot_metrics``: loss terms, mAP and lr per epoch from a run's ``metrics.csv``.
 - ``plot_pr_curves``: precision-recall per class at IoU 0.5 from COCOeval's precision array.
 - ``confusion_matrix`` / ``plot_confusion_matrix``: class confusion with a background row/col.
-- ``plot_predictions_grid``: images with predicted (solid) and ground-truth (dashed) boxes.
+- ``plot_predictions_grid``: images with predicted (solid) and ground-truth (dashed) boxes, and a
+  legend saying which is which.
 
 Detections everywhere are ``[K, 6]`` (x1, y1, x2, y2, score, class index); ground truth is
 ``[M, 5]`` (x1, y1, x2, y2, class index), both in the pixels of the image they belong to.
@@ -23,6 +24,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 import numpy as np  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from detector.boxes import box_iou_numpy  # noqa: E402
@@ -98,22 +101,51 @@ def plot_metrics(csv_path: str | Path, out_png: str | Path) -> Path:
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    x = np.asarray(epochs)
+    x = np.asarray(epochs, dtype=np.float64)
+    span = float(x.max() - x.min()) if len(x) else 0.0
+    margin = max(0.5, 0.03 * span) if span > 0 else 1.0  # one epoch: whole-number ticks around it
     for ax, (title, names) in zip(axes.flat, panels, strict=False):
-        for name in names:
-            y = np.asarray(values[name])
-            keep = ~np.isnan(y)
-            ax.plot(x[keep], y[keep], marker=".", label=name)
+        if title == "mAP":
+            _plot_map_panel(ax, x, values, names)
+        else:
+            for name in names:
+                y = np.asarray(values[name])
+                keep = ~np.isnan(y)
+                ax.plot(x[keep], y[keep], marker=".", label=name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        if len(x):  # every panel spans all epochs, even one evaluated at a single epoch
+            ax.set_xlim(x.min() - margin, x.max() + margin)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if len(names) > 1:
-            ax.legend()
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+_MAP_STYLE = {  # mAP50 >= mAP: a large hollow circle, so that mAP's square shows inside it
+    "mAP50": {"marker": "o", "markersize": 9, "markerfacecolor": "none", "ls": "--", "zorder": 2},
+    "mAP": {"marker": "s", "markersize": 5, "ls": "-", "zorder": 3},
+}
+
+
+def _plot_map_panel(ax: plt.Axes, x: np.ndarray, values: dict[str, list[float]],
+                    names: list[str]) -> None:  # fmt: skip
+    """mAP and mAP50 on a 0-based axis; the legend gives each one's latest value."""
+    top = 0.0
+    for name in sorted(names, key=lambda n: n != "mAP50"):  # mAP50 first, mAP on top
+        y = np.asarray(values[name])
+        keep = ~np.isnan(y)
+        label = f"{name} {y[keep][-1]:.3f}" if keep.any() else name
+        ax.plot(x[keep], y[keep], label=label, **_MAP_STYLE.get(name, {"marker": "."}))
+        if keep.any():
+            top = max(top, float(y[keep].max()))
+    upper = min(1.05, top * 1.2) if top > 0 else 0.1
+    ax.set_ylim(-0.03 * upper, upper)  # 0 sits just above the frame, not on it
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("mAP "))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="best")
 
 
 def plot_pr_curves(
@@ -254,19 +286,27 @@ def plot_predictions_grid(
     class_names: Sequence[str],
     out_png: str | Path,
     conf_thres: float = 0.25,
-    max_images: int = 16,
+    max_images: int = 9,
 ) -> Path:
     """A grid of images (``[H, W, 3]`` uint8 BGR) with predicted boxes (solid, class colour,
-    label and score) and, when ``gts`` is given, ground truth (dashed white)."""
+    label and score) and, when ``gts`` is given, ground truth (dashed white, outlined in black);
+    a legend says which is which. Each image is drawn at about its own pixel size (320 to 640 px
+    wide), so that labels stay readable."""
     n = min(len(images), max_images)
     if n == 0:
         raise ValueError("plot_predictions_grid: no images")
     if len(detections) < n or (gts is not None and len(gts) < n):
         raise ValueError("plot_predictions_grid: fewer detection/gt arrays than images")
-    cols = min(4, n)
+    cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    height, width = np.asarray(images[0]).shape[:2]
+    cell_w = min(max(width, 320), 640) / 100  # inches at dpi 100
+    cell_h = cell_w * height / max(width, 1)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cell_w * cols, cell_h * rows + 0.8), squeeze=False
+    )
     cmap = plt.get_cmap("tab10")
+    outline = [patheffects.withStroke(linewidth=3, foreground="black")]
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -274,25 +314,40 @@ def plot_predictions_grid(
         ax.imshow(np.asarray(images[i])[..., ::-1])  # BGR -> RGB
         if gts is not None:
             for x1, y1, x2, y2, _ in _as_array(gts[i], 5):
-                ax.add_patch(
-                    plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", lw=1, ls="--")
-                )
+                box = plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", lw=1.5,
+                                    ls="--", zorder=2)  # fmt: skip
+                box.set_path_effects(outline)
+                ax.add_patch(box)
         for x1, y1, x2, y2, score, c in _as_array(detections[i], 6):
             if score < conf_thres:
                 continue
             color = cmap(int(c) % 10)
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color, lw=1.5))
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color, lw=2,
+                                       zorder=3))  # fmt: skip
             name = class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
             ax.text(
                 x1,
                 y1,
                 f"{name} {score:.2f}",
-                fontsize=6,
+                fontsize=9,
                 color="white",
                 va="bottom",
-                bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "lw": 0},
+                zorder=4,
+                bbox={"facecolor": color, "alpha": 0.85, "pad": 1.5, "lw": 0},
             )
-    fig.tight_layout()
+    handles = []
+    if gts is not None:
+        gt_handle = Line2D([], [], color="white", lw=1.5, ls="--", label="ground truth")
+        gt_handle.set_path_effects(outline)
+        handles.append(gt_handle)
+    handles += [
+        Line2D([], [], color=cmap(k % 10), lw=2.5, label=f"prediction: {name}")
+        for k, name in enumerate(class_names[:10])
+    ]
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), fontsize=11,
+               frameon=False, title=f"predictions with score >= {conf_thres:g} (label: class "
+               "score)", title_fontsize=11)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / (cell_h * rows + 0.8)))
     return _save(fig, out_png)
 
 
@@ -336,7 +391,7 @@ def plot_predictions_grid_from_dataset(
     class_names: Sequence[str],
     out_png: str | Path,
     conf_thres: float = 0.25,
-    max_images: int = 16,
+    max_images: int = 9,
 ) -> Path:
     """``plot_predictions_grid`` for the first ``max_images`` images of a split's predictions.
 

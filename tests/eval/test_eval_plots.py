@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.eval import evaluate_coco
+from detector.eval import evaluate_coco, plots
 from detector.eval.plots import (
     confusion_matrix,
     plot_confusion_matrix,
@@ -144,3 +144,68 @@ def test_plot_predictions_grid(tmp_path: Path) -> None:
     _assert_png(plot_predictions_grid(images[:1], dets[:1], None, ["a", "b"], tmp_path / "g1.png"))
     with pytest.raises(ValueError, match="no images"):
         plot_predictions_grid([], [], None, ["a"], tmp_path / "none.png")
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures the plot functions save (they are still written as PNGs)."""
+    figures: list = []
+    save = plots._save
+
+    def keep(fig, out_png):
+        figures.append(fig)
+        return save(fig, out_png)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def _map_axes(fig):
+    return next(ax for ax in fig.axes if ax.get_title() == "mAP")
+
+
+def test_metrics_with_one_evaluation(tmp_path: Path, drawn: list) -> None:
+    """One evaluated epoch: whole-number epochs around it, mAP from 0, and mAP visible in front
+    of mAP50 with both values in the legend."""
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text("epoch,total,lr,mAP,mAP50\n1,9.0,0.001,,\n2,7.5,0.001,0.0123,0.0456\n")
+    _assert_png(plot_metrics(csv_path, tmp_path / "metrics.png"))
+    ax = _map_axes(drawn[-1])
+    left, right = ax.get_xlim()
+    assert left < 1 and right > 2
+    assert all(float(t).is_integer() for t in ax.get_xticks() if left <= t <= right)
+    bottom, top = ax.get_ylim()
+    assert bottom <= 0 < 0.0456 < top <= 1.05
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mAP 0.012", "mAP50 0.046"]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["mAP 0.012"].get_zorder() > lines["mAP50 0.046"].get_zorder()
+    assert lines["mAP50 0.046"].get_markerfacecolor() == "none"  # mAP shows through it
+
+    single = tmp_path / "single.csv"
+    single.write_text("epoch,total,mAP,mAP50\n2,7.5,0.0,0.0\n")
+    plot_metrics(single, tmp_path / "single.png")
+    ax = _map_axes(drawn[-1])
+    left, right = ax.get_xlim()
+    visible = [t for t in ax.get_xticks() if left <= t <= right]
+    assert visible == [1.0, 2.0, 3.0]  # not 1.9 ... 2.1
+    assert ax.get_ylim()[0] < 0 < ax.get_ylim()[1]  # a zero mAP is drawn inside the frame
+
+
+def test_predictions_grid_has_a_legend_and_readable_labels(tmp_path: Path, drawn: list) -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(2)]
+    dets = [np.array([[5, 5, 60, 60, 0.9, 0], [100, 100, 200, 220, 0.8, 1]]), np.zeros((0, 6))]
+    gts = [np.array([[6, 6, 60, 61, 0]]), np.array([[1, 1, 40, 40, 1]])]
+    _assert_png(plot_predictions_grid(images, dets, gts, ["RBC", "WBC"], tmp_path / "grid.png"))
+    fig = drawn[-1]
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "ground truth",
+        "prediction: RBC",
+        "prediction: WBC",
+    ]
+    labels = [t for ax in fig.axes for t in ax.texts]
+    assert sorted(t.get_text() for t in labels) == ["RBC 0.90", "WBC 0.80"]
+    assert min(t.get_fontsize() for t in labels) >= 9
+    width, height = fig.get_size_inches() * fig.dpi
+    assert width >= 2 * 600  # each image at about its own size, not shrunk to a thumbnail
