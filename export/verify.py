@@ -101,10 +101,16 @@ class VerifyReport:
         lines = [
             f"verify {self.path} ({self.precision}, {self.layout} layout, batch "
             f"{'/'.join(map(str, self.batches))}, images: {self.images})",
-            f"  largest difference vs PyTorch: boxes {self.max_box_diff:.3g} px "
-            f"(scale {self.box_scale:.4g}), scores {self.max_score_diff:.3g}; "
-            f"tolerance rtol {tol.rtol:g}, atol {tol.atol:g} of scale "
-            f"(worst {self.worst_ratio:.3g} of allowed)",
+            (
+                f"  largest difference vs PyTorch: boxes {self.max_box_diff:.3g} px "
+                f"(scale {self.box_scale:.4g}), scores {self.max_score_diff:.3g}; "
+                + (
+                    f"tolerance rtol {tol.rtol:g}, atol {tol.atol:g} of scale "
+                    f"(worst {self.worst_ratio:.3g} of allowed)"
+                    if self.layout == "raw"
+                    else "(of the matched detections)"
+                )
+            ),
             f"  detections after NMS: PyTorch {self.detections_torch}, ONNX Runtime "
             f"{self.detections_onnx}, matched {self.matched} (IoU >= {tol.iou:g}, score within "
             f"{tol.score:g}), borderline {self.borderline}",
@@ -141,10 +147,11 @@ def sample_images(count: int, folder: Path | None = None) -> tuple[list[np.ndarr
 
 def _match(
     ref: RawDetections, got: RawDetections, tol: Tolerance, conf: float, iou: float, max_det: int
-) -> tuple[int, int, list[str]]:
-    """Greedy one-to-one matching (best score first) by class and IoU; returns (matched,
-    borderline, problems)."""
-    matched, borderline, problems = 0, 0, []
+) -> tuple[list[tuple[int, int]], int, list[str]]:
+    """Greedy one-to-one matching (best score first) by class and IoU; returns (matched
+    pairs ``(ref index, got index)``, borderline count, problems)."""
+    pairs: list[tuple[int, int]] = []
+    borderline, problems = 0, []
     iou_matrix = (
         box_iou_numpy(ref.boxes, got.boxes) if len(ref.scores) and len(got.scores) else None
     )
@@ -157,7 +164,7 @@ def _match(
             j = int(overlaps.argmax())
             if overlaps[j] >= tol.iou and abs(got.scores[j] - ref.scores[i]) <= tol.score:
                 taken[j] = True
-                matched += 1
+                pairs.append((i, j))
                 continue
         lonely_ref.append(i)
     lonely_got = [j for j in range(len(got.scores)) if not taken[j]]
@@ -170,7 +177,7 @@ def _match(
                     f"{side} detection class {dets.classes[i]} score {dets.scores[i]:.4f} box "
                     f"{np.round(dets.boxes[i], 1).tolist()} has no counterpart"
                 )
-    return matched, borderline, problems
+    return pairs, borderline, problems
 
 
 def _borderline(
@@ -249,15 +256,17 @@ def compare(
             ref_dets = _as_raw(ref_dets)
             report.detections_torch += len(ref_dets.scores)
             report.detections_onnx += len(got_dets.scores)
-            matched, borderline, problems = _match(
-                ref_dets, got_dets, tolerance, conf, iou, max_det
-            )
-            report.matched += matched
+            pairs, borderline, problems = _match(ref_dets, got_dets, tolerance, conf, iou, max_det)
+            report.matched += len(pairs)
             report.borderline += borderline
             report.problems += [f"batch {size}, image {index}: {p}" for p in problems]
-            if meta.layout == "nms" and matched:
-                ious = box_iou_numpy(ref_dets.boxes, got_dets.boxes).max(axis=1)
-                report.max_box_diff = max(report.max_box_diff, float(1 - ious.min()))
+            if meta.layout == "nms" and pairs:  # no raw output: compare the matched detections
+                i, j = np.asarray(pairs).T
+                box_diff = np.abs(ref_dets.boxes[i] - got_dets.boxes[j])
+                score_diff = np.abs(ref_dets.scores[i] - got_dets.scores[j])
+                report.max_box_diff = max(report.max_box_diff, float(box_diff.max()))
+                report.max_score_diff = max(report.max_score_diff, float(score_diff.max()))
+                report.box_scale = max(report.box_scale, float(np.abs(ref_dets.boxes).max()))
     if report.worst_ratio > 1:
         report.problems.insert(
             0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import torch
 
 from detector.engine.checkpoint import save_atomic
 from detector.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from golden_fill import fill_state_dict  # noqa: E402 - the deterministic weights of tests/models
 
 CLASS_NAMES = ["red", "green", "blue"]
 IMGSZ = 128
@@ -29,8 +33,22 @@ def lively_checkpoint(path: Path, name: str, seed: int = 0, imgsz: int = IMGSZ) 
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
+    return save_checkpoint(path, model, imgsz)
+
+
+def golden_checkpoint(path: Path, name: str = "yolox_nano", gain: float = 1.075) -> Path:
+    """A checkpoint with the golden tests' deterministic weights: at this gain its scores
+    depend on the image (a blank image scores lower than a busy one), so a high threshold
+    leaves different numbers of detections per image, and none on a blank one."""
+    model = build_model(name, num_classes=len(CLASS_NAMES))
+    model.load_state_dict(fill_state_dict(model.state_dict(), gain))
+    return save_checkpoint(path, model, IMGSZ)
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, imgsz: int) -> Path:
+    """Our checkpoint format: ``{"model": state dict, "meta": {...}}``."""
     meta = {
-        "model_name": name,
+        "model_name": model.name,
         "num_classes": len(CLASS_NAMES),
         "class_names": CLASS_NAMES,
         "input_size": [imgsz, imgsz],
@@ -46,3 +64,8 @@ def nano_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return lively_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", "yolox_tiny", seed=2)
+
+
+@pytest.fixture(scope="session")
+def golden_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return golden_checkpoint(tmp_path_factory.mktemp("ckpt") / "golden_nano.pt")
