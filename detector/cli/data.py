@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     show = sub.add_parser("show", help="grid of augmented training samples + class histogram")
     show.add_argument("--data", required=True, help="dataset config YAML")
-    show.add_argument("--out", default="data_preview.png", help="PNG to write")
+    show.add_argument("--out", default="runs/data_preview.png", help="PNG to write")
     show.add_argument("--imgsz", type=int, default=416, help="input size (416)")
     show.add_argument("--count", type=int, default=8, help="samples to show (8)")
     show.add_argument("--model", default="yolox_s", help="per-size augmentation defaults")

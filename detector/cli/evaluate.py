@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         report["voc_mAP50"] = voc_map50_from_predictions(predictions, dataset)
         print(f"VOC mAP@0.5: {report['voc_mAP50']:.4f}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)
         print(f"metrics written to {args.json}")
