@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate",
     "predict": "predict",
     "export": "export",
+    "serve": "serve",
     "demo": "demo",
 }
 

@@ -1,0 +1,233 @@
+"""Dynamic batching: requests that arrive close together share one network run.
+
+Each request submits one pre-processed image (``[3, H, W]`` float32). A collector task on the
+event loop takes the first waiting image, waits up to ``max_delay`` for more (up to
+``max_batch``), stacks them into ``[B, 3, H, W]`` and runs the network on ONE worker thread, so
+inference never blocks the event loop and batches never compete with each other for the cores.
+While a batch runs, new requests queue up and form the next batch at once.
+
+Honest under overload: at most ``queue_size`` requests wait; a request arriving at a full queue
+is refused at once (:class:`QueueFull`, the server's 503), and one whose deadline passes gets
+:class:`DeadlineExceeded` (504) instead of an answer nobody waits for any more. Requests that
+expire or are abandoned before their batch starts are dropped without running.
+
+A batch is a stack of independent images: the network's rows do not interact, so a request's
+outputs are the same alone and inside a batch (up to float rounding of the kernels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+# called after each batch with (batch size, seconds the network took)
+BatchObserver = Callable[[int, float], None]
+
+
+class QueueFull(RuntimeError):
+    """The wait queue is full; try again later (HTTP 503 with Retry-After)."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request's deadline passed before its result was ready (HTTP 504)."""
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is not running (not started yet, or shutting down)."""
+
+
+@dataclass
+class BatchResult:
+    """One request's share of a batch: its rows of every output (batch dimension kept, 1)."""
+
+    outputs: dict[str, np.ndarray]
+    batch_size: int  # how many images ran together
+    queue_s: float  # time from submit to the start of its batch
+    inference_s: float  # the network time of the whole batch
+
+
+@dataclass
+class _Item:
+    image: np.ndarray  # [3, H, W] float32
+    deadline: float  # loop.time() by which it must be answered
+    future: asyncio.Future[BatchResult]
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher:
+    """Collects single images into batches and runs them one batch at a time.
+
+    Args:
+        run: the network, ``[B, 3, H, W]`` float32 -> named outputs with leading dimension B
+            (``Predictor.run``). Called on the worker thread only.
+        max_batch: most images per network run.
+        max_delay_s: how long the first image of a batch waits for others to join.
+        queue_size: most requests waiting (not yet running); more are refused with
+            :class:`QueueFull`.
+        observer: optional callback ``(batch_size, inference_seconds)`` after each batch (metrics).
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        max_batch: int,
+        max_delay_s: float,
+        queue_size: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch < 1 or queue_size < 1 or max_delay_s < 0:
+            raise ValueError(
+                f"need max_batch >= 1, queue_size >= 1, max_delay_s >= 0; got {max_batch}, "
+                f"{queue_size}, {max_delay_s}"
+            )
+        self.run = run
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.queue_size = queue_size
+        self.observer = observer
+        self._waiting: deque[_Item] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for their batch to start."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Start the collector task and the worker thread (call from the event loop)."""
+        if self.running:
+            return
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._task = asyncio.create_task(self._collect(), name="batcher")
+
+    async def stop(self) -> None:
+        """Stop collecting; waiting requests get :class:`BatcherClosed`; the running batch
+        finishes first."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._waiting:
+            item = self._waiting.popleft()
+            if not item.future.done():
+                item.future.set_exception(BatcherClosed("the server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def submit(self, image: np.ndarray, deadline: float) -> BatchResult:
+        """Queue one ``[3, H, W]`` image and wait for its outputs.
+
+        Args:
+            deadline: absolute ``loop.time()`` by which the answer is needed.
+
+        Raises:
+            QueueFull: ``queue_size`` requests are already waiting.
+            DeadlineExceeded: the deadline passed first.
+            BatcherClosed: the batcher is not running.
+        """
+        return (await self.submit_many([image], deadline))[0]
+
+    async def submit_many(self, images: list[np.ndarray], deadline: float) -> list[BatchResult]:
+        """Queue several images of one request together (admitted or refused as a whole: a
+        request is admitted while fewer than ``queue_size`` requests' images wait) and wait for
+        all of them."""
+        if not self.running or self._wakeup is None:
+            raise BatcherClosed("the model is not loaded (starting up or shutting down)")
+        if len(self._waiting) >= self.queue_size:
+            raise QueueFull(f"{len(self._waiting)} images are already waiting for inference")
+        loop = asyncio.get_running_loop()
+        items = [_Item(image, deadline, loop.create_future()) for image in images]
+        self._waiting.extend(items)
+        self._wakeup.set()
+        futures = [item.future for item in items]
+        try:
+            done = await asyncio.wait_for(
+                asyncio.gather(*futures), timeout=max(deadline - loop.time(), 0.0)
+            )
+        except asyncio.TimeoutError as exc:
+            raise DeadlineExceeded("the request deadline passed before inference finished") from exc
+        finally:
+            for future in futures:  # abandoned (deadline, client gone): skip them if not started
+                if not future.done():
+                    future.cancel()
+        return list(done)
+
+    async def _collect(self) -> None:
+        """Form batches forever: wait for a first image, give others ``max_delay`` to join, run."""
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_stale(loop.time())
+            if not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if len(self._waiting) < self.max_batch and self.max_delay_s > 0:
+                close = loop.time() + self.max_delay_s
+                while len(self._waiting) < self.max_batch and (left := close - loop.time()) > 0:
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), timeout=left)
+                    except asyncio.TimeoutError:
+                        break
+                self._drop_stale(loop.time())
+            count = min(self.max_batch, len(self._waiting))
+            batch = [self._waiting.popleft() for _ in range(count)]
+            if batch:
+                await self._run_batch(batch)
+
+    def _drop_stale(self, now: float) -> None:
+        """Remove waiting items that were abandoned or whose deadline passed."""
+        if any(item.future.done() or item.deadline <= now for item in self._waiting):
+            kept = [i for i in self._waiting if not i.future.done() and i.deadline > now]
+            for item in self._waiting:
+                if not item.future.done() and item.deadline <= now:
+                    item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            self._waiting = deque(kept)
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        images = np.stack([item.image for item in batch])  # [B, 3, H, W]
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._timed_run, images)
+        except Exception as exc:  # noqa: BLE001 - the failure belongs to the requests
+            logger.exception("inference failed for a batch of %d", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        result, seconds = outputs
+        if self.observer is not None:
+            self.observer(len(batch), seconds)
+        for row, item in enumerate(batch):
+            if item.future.done():
+                continue
+            rows = {name: value[row : row + 1] for name, value in result.items()}
+            item.future.set_result(BatchResult(rows, len(batch), started - item.submitted, seconds))
+
+    def _timed_run(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+        start = time.perf_counter()
+        outputs = self.run(images)
+        return outputs, time.perf_counter() - start
