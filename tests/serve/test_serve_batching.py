@@ -1,0 +1,172 @@
+"""The dynamic batcher: batches form, results do not change, overload and deadlines are honest."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from serve.batching import BatcherClosed, DeadlineExceeded, DynamicBatcher, QueueFull
+from serve.runtime import Predictor
+
+
+def pictures(count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    shapes = [(100, 140), (128, 128), (60, 200), (150, 90), (33, 47), (128, 64)]
+    return [rng.integers(0, 256, (*shapes[i % 6], 3), dtype=np.uint8) for i in range(count)]
+
+
+def test_results_are_the_same_alone_and_in_a_batch(serve_onnx):
+    """Six images submitted together run as batches > 1; each one's detections equal those of
+    ``Predictor.predict`` on that image alone."""
+    predictor = Predictor.from_path(serve_onnx, providers=["CPUExecutionProvider"], threads=1)
+    images = pictures(6)
+    sizes: list[int] = []
+
+    async def main() -> list:
+        batcher = DynamicBatcher(
+            predictor.run, max_batch=4, max_delay_s=0.5, queue_size=16,
+            observer=lambda size, seconds: sizes.append(size),
+        )  # fmt: skip
+        await batcher.start()
+        try:
+            loop = asyncio.get_running_loop()
+            tensors, ratios = predictor.prepare(images)
+            return await asyncio.gather(
+                *(batcher.submit(t, loop.time() + 60) for t in tensors)
+            ), ratios
+        finally:
+            await batcher.stop()
+
+    results, ratios = asyncio.run(main())
+    assert sorted(sizes, reverse=True)[0] > 1 and max(sizes) <= 4 and sum(sizes) == 6
+    assert max(r.batch_size for r in results) > 1
+    for image, result, ratio in zip(images, results, ratios):
+        assert result.outputs["output"].shape[0] == 1
+        batched = predictor.postprocess(result.outputs, conf=0.2, iou=0.45)[0]
+        alone = predictor.predict([image], conf=0.2, iou=0.45)[0]
+        assert len(alone.scores) > 0
+        np.testing.assert_array_equal(batched.classes, alone.classes)
+        np.testing.assert_allclose(batched.scores, alone.scores, atol=1e-5)
+        from detector.preprocess import boxes_to_original
+
+        boxes = boxes_to_original(batched.boxes, ratio, image.shape[:2])
+        np.testing.assert_allclose(boxes, alone.boxes, atol=1e-3)
+
+
+class Gate:
+    """A network stand-in whose runs wait for the test to open a gate (to hold a batch in
+    flight); records the batch sizes it ran."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.sizes: list[int] = []
+        self.fail_next = False
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        assert self.open.wait(timeout=10), "test gate never opened"
+        self.sizes.append(len(images))
+        if self.fail_next:
+            self.fail_next = False
+            raise ValueError("the network failed on this batch")
+        return {"output": images.reshape(len(images), -1)[:, :2] * 2}
+
+
+def image(value: float) -> np.ndarray:
+    return np.full((3, 2, 2), value, np.float32)
+
+
+def test_full_queue_refuses_at_once_and_recovers():
+    gate = Gate()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(gate, max_batch=1, max_delay_s=0, queue_size=2)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        far = loop.time() + 30
+        running = asyncio.create_task(batcher.submit(image(1), far))
+        while gate.sizes == [] and batcher.depth:  # let the first one leave the queue
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(batcher.submit(image(v), far)) for v in (2, 3)]
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 2
+        with pytest.raises(QueueFull):
+            await batcher.submit(image(4), far)  # refused without waiting for the gate
+        gate.open.set()
+        results = [await running] + [await task for task in waiting]
+        assert [float(r.outputs["output"][0, 0]) for r in results] == [2.0, 4.0, 6.0]
+        assert (await batcher.submit(image(5), loop.time() + 30)).outputs["output"][0, 0] == 10
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert gate.sizes == [1, 1, 1, 1]
+
+
+def test_deadline_and_abandoned_requests_are_not_run():
+    gate = Gate()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(gate, max_batch=1, max_delay_s=0, queue_size=8)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        blocker = asyncio.create_task(batcher.submit(image(1), loop.time() + 30))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(image(2), loop.time() + 0.1)  # waits behind the blocker
+        gate.open.set()
+        assert (await blocker).outputs["output"][0, 0] == 2
+        assert (await batcher.submit(image(3), loop.time() + 30)).outputs["output"][0, 0] == 6
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert gate.sizes == [1, 1]  # the expired request never reached the network
+
+
+def test_a_failed_batch_fails_its_requests_only():
+    gate = Gate()
+    gate.open.set()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(gate, max_batch=4, max_delay_s=0.2, queue_size=8)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        gate.fail_next = True
+        outcomes = await asyncio.gather(
+            *(batcher.submit(image(v), loop.time() + 30) for v in (1, 2)), return_exceptions=True
+        )
+        assert all(isinstance(o, ValueError) for o in outcomes)
+        many = await batcher.submit_many([image(v) for v in (1, 2, 3)], loop.time() + 30)
+        assert [float(r.outputs["output"][0, 0]) for r in many] == [2.0, 4.0, 6.0]
+        assert all(r.batch_size == 3 for r in many)
+        await batcher.stop()
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(image(1), loop.time() + 30)
+
+    asyncio.run(main())
+    assert gate.sizes == [2, 3]
+
+
+def test_stop_answers_waiting_requests():
+    gate = Gate()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(gate, max_batch=8, max_delay_s=5, queue_size=8)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.create_task(batcher.submit(image(1), loop.time() + 30))
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 1
+        await batcher.stop()
+        with pytest.raises(BatcherClosed):
+            await waiting
+
+    asyncio.run(main())
+    assert gate.sizes == []
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="max_batch"):
+        DynamicBatcher(Gate(), max_batch=0, max_delay_s=0, queue_size=1)
