@@ -69,3 +69,20 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def golden_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return golden_checkpoint(tmp_path_factory.mktemp("ckpt") / "golden_nano.pt")
+
+
+@pytest.fixture(scope="session")
+def exported_variants(golden_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The NMS and FP16 graphs, once per session (nano, 128 px): name -> ONNX path."""
+    from export.onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("variants")
+    variants = {  # plain graphs (fixed and dynamic batch) are exported in test_export_onnx
+        "nms_dynamic": {"dynamic": True, "nms": True},
+        "half_dynamic": {"dynamic": True, "half": True},
+        "half_nms": {"batch": 2, "half": True, "nms": True},
+    }
+    return {
+        name: export_onnx(golden_ckpt, folder / f"{name}.onnx", **options)
+        for name, options in variants.items()
+    }
