@@ -35,7 +35,12 @@ from detector.preprocess import boxes_to_original
 from detector.visualize import draw_boxes
 from serve.batching import BatcherClosed, BatchResult, DeadlineExceeded, DynamicBatcher, QueueFull
 from serve.http_metrics import Metrics
-from serve.http_middleware import BodyLimitMiddleware, RequestContextMiddleware, error_body
+from serve.http_middleware import (
+    AdmissionMiddleware,
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    error_body,
+)
 from serve.http_schemas import (
     BatchDetectResponse,
     Detection,
@@ -55,6 +60,7 @@ from serve.settings import ServeSettings
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
+INFERENCE_PATHS = ("/v1/detect", "/v1/detect/batch")
 JPEG_QUALITY = 90
 
 
@@ -77,6 +83,15 @@ class ServerState:
     predictor: Predictor | None = None
     batcher: DynamicBatcher | None = None
     ready: bool = False
+
+    def refusal(self) -> str | None:
+        """Why a new inference request would be refused now (queue full), else ``None``."""
+        batcher = self.batcher
+        if batcher is not None and batcher.depth >= batcher.queue_size:
+            self.metrics.rejected.labels("queue_full").inc()
+            return (f"the server is at capacity ({batcher.depth} images are already waiting "
+                    "for inference); retry shortly")  # fmt: skip
+        return None
 
 
 # ---------------------------------------------------------------------------- model lifecycle
@@ -533,6 +548,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])  # fmt: skip
+    # the last added is the outermost: request ids -> body limit -> admission -> routes
+    app.add_middleware(AdmissionMiddleware, paths=INFERENCE_PATHS, refusal=state.refusal,
+                       retry_after_s=RETRY_AFTER_S)  # fmt: skip
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)  # outermost: sees all
     return app

@@ -109,6 +109,33 @@ class BodyLimitMiddleware:
             await send_json(send, 413, body, [(b"connection", b"close")])
 
 
+class AdmissionMiddleware:
+    """Refuse inference requests with 503 + Retry-After while the batcher's queue is full,
+    before their body is read: under overload a refusal costs next to nothing. The connection
+    stays open (no ``Connection: close``): uvicorn discards the rest of the body after the
+    answer, so clients that send the whole body before reading get the 503, not a reset.
+    (The queue enforces its bound again on submit; this is the cheap early answer.)"""
+
+    def __init__(
+        self, app: ASGIApp, paths: tuple[str, ...], refusal: Callable[[], str | None],
+        retry_after_s: int = 1,
+    ) -> None:  # fmt: skip
+        self.app = app
+        self.paths = paths
+        self.refusal = refusal
+        self.retry_after = str(retry_after_s).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            message = self.refusal()
+            if message is not None:
+                request_id = scope.get("state", {}).get("request_id")
+                body = error_body("overloaded", message, request_id)
+                await send_json(send, 503, body, [(b"retry-after", self.retry_after)])
+                return
+        await self.app(scope, receive, send)
+
+
 class RequestContextMiddleware:
     """Give each request an id (the client's ``X-Request-ID`` if it is a sane token, else a new
     one), echo it in the response, count the request in the metrics and write one JSON access
