@@ -61,13 +61,15 @@ def pytorch_map(weights: Path, data: Path) -> tuple[float, float]:
     return result.mAP, result.mAP50
 
 
-def accuracy(args: argparse.Namespace, out: Path, fp32: Path) -> dict[str, Any]:
-    rows: dict[str, Any] = {}
+def accuracy(args: argparse.Namespace, out: Path, fp32: Path, rows: dict[str, Any]) -> None:
+    """Fill ``rows`` (those from an earlier run in the same --out-dir are kept)."""
     started = time.perf_counter()
-    rows["pytorch"] = dict(zip(("mAP", "mAP50"), pytorch_map(args.weights, args.data)))
-    fp = evaluate_onnx(fp32, args.data)
-    rows["onnx_fp32"] = {"mAP": fp.mAP, "mAP50": fp.mAP50}
-    float_result = (fp.mAP, fp.mAP50)
+    if "pytorch" not in rows:
+        rows["pytorch"] = dict(zip(("mAP", "mAP50"), pytorch_map(args.weights, args.data)))
+    if "onnx_fp32" not in rows:
+        fp = evaluate_onnx(fp32, args.data)
+        rows["onnx_fp32"] = {"mAP": fp.mAP, "mAP50": fp.mAP50}
+    float_result = (rows["onnx_fp32"]["mAP"], rows["onnx_fp32"]["mAP50"])
     print(f"pytorch {rows['pytorch']}  onnx fp32 {rows['onnx_fp32']}", flush=True)
 
     def int8_row(name: str, **options: Any) -> None:
@@ -101,8 +103,20 @@ def accuracy(args: argparse.Namespace, out: Path, fp32: Path) -> dict[str, Any]:
 
     for method in args.methods:
         int8_row(f"trt_{method}", method=method, target="tensorrt")
-    int8_row("trt_quantize_all", method=args.method, target="tensorrt", quantize_all=True)
+    if args.quantize_all:
+        int8_row("trt_quantize_all", method=args.method, target="tensorrt", quantize_all=True)
     for name in args.cpu_variants:
+        if name not in args.cpu_eval:  # built for the latency table only
+            quantize_int8(
+                fp32,
+                args.data,
+                out / f"{name}.onnx",
+                images=args.images,
+                method=args.method,
+                target="cpu",
+                config=replace_config("cpu", **CPU_VARIANTS[name]),
+            )
+            continue
         int8_row(
             name,
             method=args.method,
@@ -110,7 +124,6 @@ def accuracy(args: argparse.Namespace, out: Path, fp32: Path) -> dict[str, Any]:
             config=replace_config("cpu", **CPU_VARIANTS[name]),
         )
     rows["seconds"] = round(time.perf_counter() - started, 1)
-    return rows
 
 
 def latency(models: dict[str, Path], image: np.ndarray, repeats: int) -> dict[str, Any]:
@@ -178,6 +191,18 @@ def main() -> None:
     parser.add_argument(
         "--cpu-variants", nargs="*", default=list(CPU_VARIANTS), choices=list(CPU_VARIANTS)
     )
+    parser.add_argument(
+        "--cpu-eval",
+        nargs="*",
+        default=["cpu", "cpu_conv_only"],
+        help="CPU variants whose mAP is measured (the others: latency only)",
+    )
+    parser.add_argument(
+        "--quantize-all",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure quantize-everything",
+    )
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--skip-accuracy", action="store_true", help="latency of existing files")
     args = parser.parse_args()
@@ -193,8 +218,11 @@ def main() -> None:
         "data": str(args.data),
         "images": args.images,
     }
+    previous = out / "results.json"
+    rows = json.loads(previous.read_text()).get("accuracy", {}) if previous.exists() else {}
+    results["accuracy"] = rows
     if not args.skip_accuracy:
-        results["accuracy"] = accuracy(args, out, fp32)
+        accuracy(args, out, fp32, rows)
     dataset = build_dataset(load_data_config(args.data), "val")
     size = read_onnx_metadata(fp32).input_size
     image = preprocess(dataset.read_image(0), size)[0][None]
