@@ -1,11 +1,11 @@
 """How many torch threads and data-loading workers a process uses, from the cores it may run on.
 
 A process that starts more busy threads than it has cores loses most of its time to OpenMP
-barrier waits as soon as anything else runs on the machine (measured in
-``benchmarks/cpu_defaults.md``: on 2 cores, 4 workers plus 2 torch threads made training steps
-several times slower than 1 worker plus 1 thread). So both numbers come from one budget: the
-cores this process may use (``os.sched_getaffinity``, which honours ``taskset``, cgroup cpusets
-and container limits on CPUs), divided among the processes of a ``torchrun`` job on this node.
+barrier waits as soon as anything else runs on the machine (``benchmarks/cpu_defaults.md``: on
+2 shared cores, 2 torch threads made a nano epoch 5-40x slower than 1 thread, with or without
+loader workers). So both numbers come from one budget: the cores this process may use
+(``os.sched_getaffinity``, which honours ``taskset`` and cgroup cpusets), divided among the
+processes of a ``torchrun`` job on this node.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ def cpu_plan(cpus: int | None = None, processes: int = 1, accelerator: bool = Fa
     ``processes`` local processes.
 
     On the CPU the network needs the cores most, and one loader worker keeps up with it on small
-    machines (the pipeline makes about 90 images/s per core at 416 px, a 2-core nano step about
-    10): one worker per 8 cores, at least one where there are 2 cores or more, and the remaining
-    cores as torch threads. With a GPU (``accelerator``) the cores feed it: all but one become
-    workers (at most 8) and torch keeps one thread. Evaluation's loader uses the same number of
-    workers (training's persistent workers sit idle while it runs).
-    """
+    machines (the pipeline makes about 90 images/s per core at 416 px,
+    ``benchmarks/data_pipeline.md``; a nano training step on 2 cores about 10,
+    ``benchmarks/train_step.md``): one worker per 8 cores, at least one where there are 2 cores
+    or more, and the remaining cores as torch threads. With a GPU (``accelerator``) the cores
+    feed it: all but one become workers (at most 8) and torch keeps one thread. Evaluation's
+    loader uses the same number of workers (training's persistent workers sit idle while it
+    runs)."""
     total = usable_cpus() if cpus is None else max(int(cpus), 1)
     per_process = max(total // max(processes, 1), 1)
     if accelerator:
