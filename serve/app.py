@@ -60,6 +60,7 @@ from serve.settings import ServeSettings
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
+DEFAULT_MAX_DET = 300
 INFERENCE_PATHS = ("/v1/detect", "/v1/detect/batch")
 JPEG_QUALITY = 90
 
@@ -235,12 +236,16 @@ def detect_params(
                                  description="score threshold")] = 0.25,
     iou: Annotated[float, Query(ge=0, le=1, allow_inf_nan=False,
                                 description="NMS IoU threshold")] = 0.45,
-    max_det: Annotated[int, Query(ge=1, description="most detections per image")] = 300,
+    max_det: Annotated[int | None, Query(
+        ge=1, description=f"most detections per image (default {DEFAULT_MAX_DET}, at most the "
+        "server's max_det_limit)")] = None,
     classes: Annotated[list[str] | None, Query(
         description="keep only these classes: names or ids, repeated or comma-separated")] = None,
 ) -> DetectParams:  # fmt: skip
     limit = state.settings.max_det_limit
-    if max_det > limit:
+    if max_det is None:
+        max_det = min(DEFAULT_MAX_DET, limit)
+    elif max_det > limit:
         raise ApiError(422, "invalid_parameter", f"max_det: {max_det} is above the limit {limit}")
     assert state.predictor is not None
     names = state.predictor.metadata.class_names
