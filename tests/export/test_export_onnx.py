@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from trt_ops import assert_tensorrt_parsable
 
 from detector.data.synth import SynthSpec, synth_image
 from detector.ops import postprocess
@@ -38,6 +39,7 @@ def test_onnx_matches_pytorch(ckpt, batch, request, tmp_path):
     out = export_onnx(
         weights, tmp_path / "m.onnx", batch=batch or 1, dynamic=batch is None, imgsz=SIZE
     )
+    assert_tensorrt_parsable(out)
     model, _ = load_model(weights)
     predictor = Predictor.from_path(out, providers=["CPUExecutionProvider"])
     meta = predictor.metadata
