@@ -1,0 +1,109 @@
+"""Upload decoding: type from the bytes, pixel limit from the header, strict decoding, every
+mode to BGR uint8, and the same pixels as ``cv2.imread`` (what ``detector predict`` reads)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve.images import BadImage, ImageTooLarge, UnsupportedImage, decode_image
+
+LIMIT = 10_000_000
+
+
+def pil_bytes(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def colourful(width: int = 48, height: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp"])
+def test_pixels_equal_opencv(ext):
+    data = cv2.imencode(ext, colourful())[1].tobytes()
+    ours = decode_image(data, LIMIT)
+    theirs = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert ours.dtype == np.uint8 and ours.shape == (32, 48, 3)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_exif_orientation_is_applied_like_opencv():
+    image = Image.fromarray(colourful()[..., ::-1])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    data = pil_bytes(image, "JPEG", exif=exif.tobytes(), quality=95)
+    ours = decode_image(data, LIMIT)
+    theirs = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert ours.shape == theirs.shape == (48, 32, 3)
+    assert np.abs(ours.astype(int) - theirs.astype(int)).mean() < 2
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1"])
+def test_every_mode_becomes_bgr(mode):
+    base = Image.fromarray(colourful()[..., ::-1])
+    image = base.convert("L").convert(mode) if mode in ("I;16", "1") else base.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    out = decode_image(pil_bytes(image, fmt), LIMIT)
+    assert out.shape == (32, 48, 3) and out.dtype == np.uint8
+    if mode in ("L", "LA", "I;16", "1"):
+        assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_sixteen_bit_keeps_the_high_byte():
+    gray = np.arange(0, 65536, 64, dtype=np.uint16).reshape(32, 32)
+    out = decode_image(cv2.imencode(".png", gray)[1].tobytes(), LIMIT)
+    np.testing.assert_array_equal(out[..., 0], (gray >> 8).astype(np.uint8))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_pixel_limit_comes_from_the_header():
+    # 12000 x 9000 = 108 M pixels: above our limit, below Pillow's own bomb error
+    with pytest.raises(ImageTooLarge, match="12000x9000 = 108000000 pixels.*10000000"):
+        decode_image(png_header_only(12000, 9000), LIMIT)
+    with pytest.raises(ImageTooLarge, match="limit of 10000000"):  # Pillow's error, reworded
+        decode_image(png_header_only(50000, 50000), LIMIT)
+    with pytest.raises(ImageTooLarge) as caught:
+        decode_image(png_header_only(50000, 50000), LIMIT)
+    assert caught.value.status == 413
+
+
+def test_bad_bytes():
+    jpeg = cv2.imencode(".jpg", colourful(256, 256))[1].tobytes()
+    png = cv2.imencode(".png", colourful(256, 256))[1].tobytes()
+    gif = pil_bytes(Image.fromarray(colourful()), "GIF")
+    with pytest.raises(BadImage, match="empty"):
+        decode_image(b"", LIMIT)
+    with pytest.raises(BadImage, match="truncated"):
+        decode_image(jpeg[: len(jpeg) * 2 // 3], LIMIT, name="cut.jpg")
+    with pytest.raises(BadImage, match="cut.png"):
+        decode_image(png[: len(png) // 2], LIMIT, name="cut.png")
+    corrupt = bytearray(png)
+    corrupt[len(png) // 2 : len(png) // 2 + 64] = b"\xff" * 64
+    with pytest.raises(BadImage):
+        decode_image(bytes(corrupt), LIMIT)
+    with pytest.raises(UnsupportedImage, match="GIF8") as caught:
+        decode_image(gif, LIMIT)
+    assert caught.value.status == 415
+    with pytest.raises(UnsupportedImage):
+        decode_image(b"<svg xmlns='http://www.w3.org/2000/svg'/>", LIMIT)
+    assert decode_image(png, LIMIT, name="named.jpg").shape == (256, 256, 3)  # bytes decide
