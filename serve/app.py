@@ -82,6 +82,7 @@ class ServerState:
     settings: ServeSettings
     metrics: Metrics = field(default_factory=Metrics)
     predictor: Predictor | None = None
+    preloaded: Predictor | None = None  # loaded before the app (by the CLI), else by lifespan
     batcher: DynamicBatcher | None = None
     ready: bool = False
 
@@ -135,7 +136,8 @@ def warm_up(predictor: Predictor, max_batch: int) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.server
     settings = state.settings
-    predictor = await run_in_threadpool(load_predictor, settings)
+    predictor = state.preloaded or await run_in_threadpool(load_predictor, settings)
+    state.preloaded = None  # the lifespan owns it from here and closes it at shutdown
     max_batch = effective_max_batch(predictor, settings)
     if settings.warmup:
         await run_in_threadpool(warm_up, predictor, max_batch)
@@ -534,16 +536,18 @@ def install_error_handlers(app: FastAPI) -> None:
 # ---------------------------------------------------------------------------- the factory
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
+def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> FastAPI:
     """The server for ``settings.model``; the model is loaded when the app's lifespan starts
-    (``uvicorn``, or ``with TestClient(app)``)."""
+    (``uvicorn``, or ``with TestClient(app)``), and warmed up there before ``/readyz`` says
+    ready. ``predictor``: an already loaded model (the CLI loads it first, so that a bad file is
+    a one-line error rather than a failed startup); the lifespan still warms it up."""
     app = FastAPI(
         title="detector",
         summary="Object detection over HTTP (YOLOX-style models: ONNX Runtime, TensorRT, PyTorch)",
         version="1",
         lifespan=lifespan,
     )
-    state = ServerState(settings)
+    state = ServerState(settings, preloaded=predictor)
     app.state.server = state
     app.include_router(v1)
     app.include_router(ops)
@@ -559,3 +563,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)  # outermost: sees all
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app configured by ``DETECTOR_*`` variables alone, for process managers that import
+    an app factory: ``DETECTOR_MODEL=m.onnx uvicorn --factory serve.app:app_from_env``."""
+    from serve.settings import load_settings
+
+    return create_app(load_settings())

@@ -83,7 +83,7 @@ def access_log_to_stdout() -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from serve.app import create_app
+    from serve.app import create_app, load_predictor
     from serve.runtime import backend_for
 
     settings = settings_from_args(args)
@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{settings.model}: no such model file")
     if settings.backend is None:
         backend_for(settings.model)  # an unknown suffix is a clear error before starting
+    predictor = load_predictor(settings)  # a bad file is an "error: ..." line, not a traceback
     access_log_to_stdout()
-    app = create_app(settings)
+    app = create_app(settings, predictor)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from detector.cli import main
-from serve.app import create_app
+from serve.app import app_from_env, create_app
 from serve.settings import ServeSettings, SettingsError, load_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -117,8 +117,19 @@ def test_serve_command_errors(tmp_path, capsys, monkeypatch):
     (tmp_path / "m.bin").write_bytes(b"x")
     assert main(["serve", "--model", str(tmp_path / "m.bin")]) == 2
     assert "unknown model file type '.bin'" in capsys.readouterr().err
+    (tmp_path / "corrupt.onnx").write_bytes(b"x" * 100)
+    assert main(["serve", "--model", str(tmp_path / "corrupt.onnx")]) == 2  # no traceback
+    assert "corrupt.onnx: ONNX Runtime cannot load it" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path / "m.bin"), "--queue-size", "0"]) == 2
     assert "--queue-size or DETECTOR_QUEUE_SIZE" in capsys.readouterr().err
     result = subprocess.run([sys.executable, "-m", "detector", "serve", "--help"],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0 and "--max-delay-ms" in result.stdout
+
+
+def test_app_factory_from_the_environment(serve_onnx, monkeypatch):
+    monkeypatch.setenv("DETECTOR_MODEL", str(serve_onnx))
+    monkeypatch.setenv("DETECTOR_THREADS", "1")
+    monkeypatch.setenv("DETECTOR_MAX_BATCH", "3")
+    with TestClient(app_from_env()) as client:
+        assert client.get("/v1/models").json()["models"][0]["max_batch"] == 3
