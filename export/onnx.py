@@ -6,6 +6,12 @@ pixels, objectness, class scores), or with ``nms`` the four outputs of :mod:`exp
 Batch norm is folded into the convolutions first, the graph is simplified with onnxslim, and
 the file is written atomically (temporary file, then rename), so a killed export leaves no
 broken ``.onnx`` behind.
+
+Exporter: ``torch.onnx.export(..., dynamo=False)``, the TorchScript exporter. On torch 2.14 the
+``dynamo=True`` exporter needs ``onnxscript`` (not a dependency; without it the call fails with
+``ModuleNotFoundError``), and the in-graph NMS is an ``autograd.Function`` with a ``symbolic``,
+which is the TorchScript exporter's extension point. The traced graph is static apart from the
+batch dimension, which is all a YOLOX graph needs.
 """
 
 from __future__ import annotations
