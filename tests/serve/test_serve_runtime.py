@@ -33,6 +33,12 @@ def test_runtime_runs_without_torch(serve_onnx):
         assert sum(len(d.scores) for d in dets) > 0
         meta = read_onnx_metadata({str(serve_onnx)!r})
         assert meta.class_names == ("a", "b", "c") and meta.batch is None
+        assert meta.model_name == "yolox_nano" and meta.input_size == (128, 128)
+        assert meta.strides == (8, 16, 32) and meta.precision == "fp32" and meta.layout == "raw"
+        spec = meta.preprocess
+        assert (spec.input_height, spec.input_width, spec.pad_value) == (128, 128, 114)
+        assert spec.channel_order == "BGR" and spec.scale == "0-255"
+        assert predictor.metadata == meta and "verified" not in meta.extra
         assert "torch" not in sys.modules, "serving an ONNX model imported torch"
         print("ok", sum(len(d.scores) for d in dets))
         """
