@@ -1,0 +1,276 @@
+"""Server throughput and latency against the bare model, with ``wrk`` as the load generator.
+
+Measures, in one run on this machine:
+
+- the bare model: network-only latency at batch 1 (p50), and the raw backend's throughput
+  (images/s) at batch 1 and at the server's max batch;
+- ``detector serve`` on 127.0.0.1 with batching on (max batch 8, 2 ms delay) and off (max
+  batch 1): throughput and p50/p99 at concurrency 1, 4 and 16 (``wrk``, a fixed number of
+  requests per point), the ratio to the raw backend, and the whole-request p50 against the bare
+  model's;
+- a load run: 16 connections x ``--requests`` requests each, every answer counted, the server's
+  RSS before and after.
+
+Usage::
+
+    python benchmarks/serve_throughput.py [--model M.onnx] [--imgsz 416] [--requests 1000]
+
+Without ``--model`` a randomly initialised yolox_nano is exported at ``--imgsz`` (speed does not
+depend on the weights). Needs ``wrk`` (Debian: ``apt-get install wrk``). Writes a table to
+stdout and ``benchmarks/serve_throughput.json``. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTED = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+BOUNDARY = "benchboundary7f3a"
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"
+local file = io.open("%(body)s", "rb")
+wrk.body = file:read("*a")
+file:close()
+local quota = %(quota)d
+local answered = 0
+-- wrk runs for its -d duration even after thread:stop(); a SIGINT to itself ends the run
+-- (its handler stops the clock and prints the report) once the quota is answered
+local ffi = require("ffi")
+ffi.cdef("int kill(int pid, int sig); int getpid(void);")
+function response(status, headers, body)
+  answered = answered + 1
+  if quota > 0 and answered == quota then
+    wrk.thread:stop()
+    ffi.C.kill(ffi.C.getpid(), 2)
+  end
+end
+"""
+
+
+def export_model(folder: Path, imgsz: int) -> Path:
+    import torch
+
+    from detector.engine.checkpoint import save_atomic
+    from detector.models import build_model
+    from export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model("yolox_nano", num_classes=80)
+    meta = {"model_name": "yolox_nano", "num_classes": 80,
+            "class_names": [f"c{i}" for i in range(80)], "input_size": [imgsz, imgsz]}  # fmt: skip
+    weights = save_atomic({"model": model.state_dict(), "meta": meta}, folder / "nano.pt")
+    return export_onnx(weights, folder / f"nano_{imgsz}.onnx", dynamic=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def bare_model(model: Path, image: np.ndarray, max_batch: int, runs: int) -> dict:
+    """Network-only latency at batch 1, raw throughput at batch 1 and ``max_batch``, and the
+    whole ``Predictor.predict`` (pre + network + post) latency."""
+    from serve.runtime import Predictor
+
+    predictor = Predictor.from_path(model)
+    one, _ = predictor.prepare([image])
+    many = np.repeat(one, max_batch, axis=0)
+    for _ in range(3):
+        predictor.run(one)
+        predictor.run(many)
+    latency = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        predictor.run(one)
+        latency.append(time.perf_counter() - start)
+    predict = []
+    for _ in range(max(runs // 2, 5)):
+        start = time.perf_counter()
+        predictor.predict([image])
+        predict.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    batches = max(runs // max_batch, 3)
+    for _ in range(batches):
+        predictor.run(many)
+    batched = batches * max_batch / (time.perf_counter() - start)
+    return {
+        "network_p50_ms": statistics.median(latency) * 1000,
+        "network_p99_ms": percentile(latency, 99) * 1000,
+        "predict_p50_ms": statistics.median(predict) * 1000,
+        "raw_images_per_s_batch1": 1 / statistics.mean(latency),
+        f"raw_images_per_s_batch{max_batch}": batched,
+        "providers": getattr(predictor.backend, "providers", None),
+    }
+
+
+class Server:
+    def __init__(self, model: Path, folder: Path, *flags: str) -> None:
+        self.log = folder / f"server_{int(time.time() * 1000)}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "detector", "serve", "--model", str(model),
+                 "--port", "0", *flags],
+                stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            match = STARTED.search(self.log.read_text())
+            if match:
+                self.url = f"http://127.0.0.1:{match.group(1)}"
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not start:\n{self.log.read_text()[-2000:]}")
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def wrk(url: str, script: Path, connections: int, requests_per_connection: int) -> dict:
+    """Run wrk (one thread) until each connection's share of requests is answered."""
+    total = connections * requests_per_connection
+    body = script.with_suffix(".body")
+    text = WRK_SCRIPT % {"boundary": BOUNDARY, "body": body, "quota": total}
+    lua = script.with_name(f"wrk_{connections}_{total}.lua")
+    lua.write_text(text)
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", "-d600s", "--timeout", "30s", "--latency",
+         "-s", str(lua), f"{url}/v1/detect"],
+        capture_output=True, text=True, timeout=660,
+    )  # fmt: skip
+    out = result.stdout
+    latency = {}
+    for q, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
+        latency[f"p{q}_ms"] = float(value) * UNITS[unit]
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if done is None:
+        raise RuntimeError(f"wrk failed:\n{out}\n{result.stderr}")
+    count, seconds = int(done.group(1)), float(done.group(2)) * UNITS[done.group(3)] / 1000
+    return {
+        "connections": connections,
+        "requests": count,
+        "seconds": seconds,
+        "requests_per_s": count / seconds,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(1) if errors else None,
+        **latency,
+    }
+
+
+def multipart(image_bytes: bytes) -> bytes:
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n".encode()
+        + image_bytes + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, help="ONNX model (default: export nano)")
+    parser.add_argument("--imgsz", type=int, default=416)
+    parser.add_argument("--requests", type=int, default=1000, help="per connection, load run")
+    parser.add_argument("--sweep-requests", type=int, default=60,
+                        help="per connection at each concurrency of the sweep")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=100, help="bare-model timing runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve_throughput.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="serve_bench_"))
+    model = args.model or export_model(work, args.imgsz)
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), np.uint8), (0, 0), 3)
+    jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    script = work / "request.lua"
+    script.with_suffix(".body").write_bytes(multipart(jpeg))
+
+    report: dict = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+                                "load_avg": os.getloadavg(), "python": platform.python_version()},
+                    "model": str(model), "image": "640x480 JPEG", "sweep": []}  # fmt: skip
+    report["bare"] = bare_model(model, image, 8, args.runs)
+    print(f"bare model: {json.dumps(report['bare'])}", flush=True)
+
+    modes = {"batching": ["--max-batch", "8", "--max-delay-ms", "2"],
+             "no batching": ["--max-batch", "1", "--max-delay-ms", "0"]}  # fmt: skip
+    for mode, flags in modes.items():
+        server = Server(model, work, "--queue-size", "256", *flags)
+        try:
+            for connections in (1, 4, 16):
+                wrk(server.url, script, connections, 3)  # warm the connections
+                point = wrk(server.url, script, connections, args.sweep_requests)
+                point["mode"] = mode
+                report["sweep"].append(point)
+                print(f"{mode:12s} c={connections:2d}: {point['requests_per_s']:7.1f} req/s, "
+                      f"p50 {point.get('p50_ms', 0):7.2f} ms, p99 {point.get('p99_ms', 0):7.2f} "
+                      f"ms, non-2xx {point['non_2xx']}", flush=True)  # fmt: skip
+            if mode == "batching":
+                rss_before = server.rss_mb()
+                load = wrk(server.url, script, 16, args.requests)
+                load.update(rss_before_mb=rss_before, rss_after_mb=server.rss_mb())
+                report["load"] = load
+                print(f"load 16 x {args.requests}: {json.dumps(load)}", flush=True)
+        finally:
+            server.stop()
+
+    bare = report["bare"]
+    raw = max(bare["raw_images_per_s_batch1"], bare["raw_images_per_s_batch8"])
+    c16 = {p["mode"]: p for p in report["sweep"] if p["connections"] == 16}
+    c1 = {p["mode"]: p for p in report["sweep"] if p["connections"] == 1}
+    report["ratios"] = {
+        "c16_batching_vs_raw": c16["batching"]["requests_per_s"] / raw,
+        "c16_no_batching_vs_raw": c16["no batching"]["requests_per_s"] / raw,
+        "c1_request_p50_vs_network_p50": c1["batching"]["p50_ms"] / bare["network_p50_ms"],
+        "c1_request_p50_vs_predict_p50": c1["batching"]["p50_ms"] / bare["predict_p50_ms"],
+    }
+    report["machine"]["load_avg_after"] = os.getloadavg()
+    print("\n| mode | concurrency | req/s | p50 ms | p99 ms | vs raw |\n|---|---|---|---|---|---|")
+    for p in report["sweep"]:
+        print(f"| {p['mode']} | {p['connections']} | {p['requests_per_s']:.1f} | "
+              f"{p.get('p50_ms', 0):.2f} | {p.get('p99_ms', 0):.2f} | "
+              f"{p['requests_per_s'] / raw:.2f} |")  # fmt: skip
+    print(f"\nraw backend: {raw:.1f} images/s; network p50 {bare['network_p50_ms']:.2f} ms; "
+          f"predict p50 {bare['predict_p50_ms']:.2f} ms")  # fmt: skip
+    print(json.dumps(report["ratios"], indent=1))
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
