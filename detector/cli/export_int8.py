@@ -15,7 +15,7 @@ def _names(text: str) -> list[str]:
 # here would load ONNX Runtime's quantizer for every 'detector export' command)
 METHODS = ("entropy", "minmax", "percentile")
 TARGETS = ("cpu", "tensorrt")
-DEFAULT_METHOD = "entropy"
+DEFAULT_METHOD = "minmax"
 DEFAULT_IMAGES = 128
 
 

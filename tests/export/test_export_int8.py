@@ -29,7 +29,6 @@ RECIPE = ["batch=4", "imgsz=128", "workers=0", "plots=false", "device=cpu", "epo
           "augment.hsv_prob=0", "augment.flip_prob=0", "ema=false", "warmup_epochs=1",
           "no_aug_epochs=0"]  # fmt: skip
 CALIB_IMAGES = "16"
-METHOD = "percentile"  # entropy is ONNX Runtime's slow pure-Python search: minutes here
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +45,8 @@ def int8_run(float_onnx: Path, memorise_data: Path) -> tuple[Path, dict]:
     out = float_onnx.with_name("nano.int8.onnx")
     report = float_onnx.with_name("report.json")
     code = main(["export", "int8", "--onnx", str(float_onnx), "--calib", str(memorise_data),
-                 "--out", str(out), "--images", CALIB_IMAGES, "--method", METHOD,
-                 "--eval", str(memorise_data), "--json", str(report)])  # fmt: skip
+                 "--out", str(out), "--images", CALIB_IMAGES, "--eval", str(memorise_data),
+                 "--json", str(report)])  # fmt: skip
     assert code == 0
     return out, json.loads(report.read_text())
 
@@ -75,7 +74,7 @@ def test_report_states_float_and_int8_map_and_the_drop(int8_run, capsys) -> None
     meta = read_onnx_metadata(out)
     assert meta.precision == "int8"
     stored = meta.extra["int8"]
-    assert stored["method"] == METHOD and stored["target"] == "tensorrt"
+    assert stored["method"] == int8.DEFAULT_METHOD and stored["target"] == "tensorrt"
     assert stored["images"] == int(CALIB_IMAGES) and stored["drop"] == report["drop"]
     assert stored["settings"]["activation_type"] == "QInt8"
     assert stored["quantized_ops"]["Conv"] == sum(
@@ -89,8 +88,8 @@ def test_max_drop_below_the_drop_fails_and_keeps_no_file(int8_run, float_onnx, m
     out = float_onnx.with_name("refused.int8.onnx")
     limit = min(report["drop"], 0.0) - 0.01  # strictly below what this model loses
     code = main(["export", "int8", "--onnx", str(float_onnx), "--calib", str(memorise_data),
-                 "--out", str(out), "--images", CALIB_IMAGES, "--method", METHOD,
-                 "--eval", str(memorise_data), "--max-drop", str(limit)])  # fmt: skip
+                 "--out", str(out), "--images", CALIB_IMAGES, "--eval", str(memorise_data),
+                 "--max-drop", str(limit)])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 1
     assert "--max-drop" in captured.err and "no INT8 file written" in captured.err
