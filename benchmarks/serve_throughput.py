@@ -4,10 +4,10 @@ Measures, in one run on this machine:
 
 - the bare model: network-only latency at batch 1 (p50), and the raw backend's throughput
   (images/s) at batch 1 and at the server's max batch;
-- ``detector serve`` on 127.0.0.1 with batching on (max batch 8, 2 ms delay) and off (max
-  batch 1): throughput and p50/p99 at concurrency 1, 4 and 16 (``wrk``, a fixed number of
-  requests per point), the ratio to the raw backend, and the whole-request p50 against the bare
-  model's;
+- ``detector serve`` on 127.0.0.1 with batching on (max batch 8, no added delay: requests that
+  arrive during a run form the next batch) and off (max batch 1): throughput and p50/p99 at
+  concurrency 1, 4 and 16 (``wrk``, a fixed number of requests per point), the ratio to the
+  raw backend, and the whole-request p50 against the bare model's;
 - a load run: 16 connections x ``--requests`` requests each, every answer counted, the server's
   RSS before and after.
 
@@ -226,7 +226,7 @@ def main() -> int:
     report["bare"] = bare_model(model, image, 8, args.runs)
     print(f"bare model: {json.dumps(report['bare'])}", flush=True)
 
-    modes = {"batching": ["--max-batch", "8", "--max-delay-ms", "2"],
+    modes = {"batching": ["--max-batch", "8", "--max-delay-ms", "0"],
              "no batching": ["--max-batch", "1", "--max-delay-ms", "0"]}  # fmt: skip
     for mode, flags in modes.items():
         server = Server(model, work, "--queue-size", "256", *flags)

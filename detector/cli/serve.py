@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: the cores)")
     parser.add_argument("--max-batch", type=int, help="largest dynamic batch (default 8)")
-    parser.add_argument("--max-delay-ms", type=float, help="batching wait (default 2 ms)")
+    parser.add_argument("--max-delay-ms", type=float, help="batching wait (default 0)")
     parser.add_argument("--queue-size", type=int, help="waiting requests before 503 (default 64)")
     parser.add_argument("--timeout-s", type=float, help="request deadline before 504 (default 10)")
     parser.add_argument("--max-body-bytes", type=int, help="largest body (default 20 MiB)")

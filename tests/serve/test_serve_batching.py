@@ -105,6 +105,28 @@ def test_full_queue_refuses_at_once_and_recovers():
     assert gate.sizes == [1, 1, 1, 1]
 
 
+def test_without_delay_requests_arriving_during_a_run_form_the_next_batch():
+    gate = Gate()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(gate, max_batch=8, max_delay_s=0, queue_size=8)
+        await batcher.start()
+        far = asyncio.get_running_loop().time() + 30
+        first = asyncio.create_task(batcher.submit(image(1), far))  # runs alone, at once
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 0
+        later = [asyncio.create_task(batcher.submit(image(v), far)) for v in (2, 3, 4)]
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 3
+        gate.open.set()
+        assert (await first).batch_size == 1
+        assert [(await task).batch_size for task in later] == [3, 3, 3]
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert gate.sizes == [1, 3]
+
+
 def test_deadline_and_abandoned_requests_are_not_run():
     gate = Gate()
 
