@@ -561,7 +561,8 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     app.add_middleware(AdmissionMiddleware, paths=INFERENCE_PATHS, refusal=state.refusal,
                        retry_after_s=RETRY_AFTER_S)  # fmt: skip
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)  # outermost: sees all
+    paths = frozenset(getattr(route, "path", "") for route in app.routes)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics, paths=paths)  # outermost
     return app
 
 

@@ -141,9 +141,10 @@ class RequestContextMiddleware:
     one), echo it in the response, count the request in the metrics and write one JSON access
     log line when it ends."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.metrics = metrics
+        self.paths = paths  # fixed paths of the app's routes, for answers given before routing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -171,7 +172,9 @@ class RequestContextMiddleware:
         finally:
             seconds = time.perf_counter() - start
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None)
+            if template is None:  # answered by a middleware (413, 503) before routing
+                template = scope["path"] if scope["path"] in self.paths else "unmatched"
             self.metrics.observe_request(template, scope["method"], status, seconds)
             client = scope.get("client")
             access_logger.info(

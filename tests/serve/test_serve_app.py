@@ -287,6 +287,8 @@ def test_30_mb_bodies_are_refused_before_they_are_read(server, client):
 
     big = client.post("/v1/detect", files={"image": ("big.png", b"\0" * total)})
     assert big.status_code == 413 and big.json()["error"] == "body_too_large"
+    metrics = client.get("/metrics").text  # refused before routing, still counted by route
+    assert 'route="/v1/detect",status="413"' in metrics
     assert detect(client, encode(noise(64, 64, 6))).status_code == 200
 
 
