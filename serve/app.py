@@ -84,6 +84,7 @@ class ServerState:
     predictor: Predictor | None = None
     preloaded: Predictor | None = None  # loaded before the app (by the CLI), else by lifespan
     batcher: DynamicBatcher | None = None
+    decode_slots: asyncio.Semaphore | None = None
     ready: bool = False
 
     def refusal(self) -> str | None:
@@ -150,6 +151,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await batcher.start()
     state.metrics.track_queue(lambda: batcher.depth)
+    state.decode_slots = asyncio.Semaphore(settings.decode_workers)
     state.predictor, state.batcher, state.ready = predictor, batcher, True
     logger.info(
         "serving %s (%s, %s) max batch %d", settings.model, predictor.backend.name,
@@ -259,18 +261,23 @@ def detect_params(
 
 @dataclass
 class Prepared:
-    image: np.ndarray  # [H, W, 3] BGR uint8, the decoded upload
+    shape: tuple[int, int]  # (height, width) of the decoded upload
     tensor: np.ndarray  # [3, h, w] float32, letterboxed
     ratio: float
     decode_s: float
+    image: np.ndarray | None = None  # [H, W, 3] BGR uint8, kept only to draw on
 
 
-def prepare_upload(predictor: Predictor, data: bytes, max_pixels: int, name: str) -> Prepared:
-    """Bytes -> decoded image and network input (runs on a worker thread)."""
+def prepare_upload(
+    predictor: Predictor, data: bytes, max_pixels: int, name: str, keep_image: bool = False
+) -> Prepared:
+    """Bytes -> network input (runs on a worker thread). The decoded image (up to
+    ``max_pixels`` x 3 bytes) is dropped once letterboxed unless ``keep_image``."""
     start = time.perf_counter()
     image = decode_image(data, max_pixels, name)
     batch, ratios = predictor.prepare([image])
-    return Prepared(image, batch[0], ratios[0], time.perf_counter() - start)
+    return Prepared(image.shape[:2], batch[0], ratios[0], time.perf_counter() - start,
+                    image if keep_image else None)  # fmt: skip
 
 
 def finish(
@@ -280,7 +287,7 @@ def finish(
     raw = predictor.postprocess(
         result.outputs, params.conf, params.iou, params.max_det, params.classes
     )[0]
-    boxes = boxes_to_original(raw.boxes, prepared.ratio, prepared.image.shape[:2])
+    boxes = boxes_to_original(raw.boxes, prepared.ratio, prepared.shape)
     names = predictor.metadata.class_names
     detections = [
         Detection(
@@ -295,9 +302,12 @@ def finish(
 
 
 async def run_images(
-    state: ServerState, uploads: Sequence[UploadFile], params: DetectParams, started: float
-) -> list[tuple[Prepared, BatchResult, float, tuple[Any, ...]]]:
-    """Decode, batch, infer and post-process the uploads of one request."""
+    state: ServerState, uploads: Sequence[UploadFile], params: DetectParams,
+    keep_images: bool = False,
+) -> list[tuple[Prepared, BatchResult, float, tuple[Any, ...]]]:  # fmt: skip
+    """Decode, batch, infer and post-process the uploads of one request. At most
+    ``settings.decode_workers`` images are decoded at once across all requests, which bounds the
+    memory that decoded images can take (each up to ``max_pixels`` x 3 bytes)."""
     predictor, batcher, settings = state.predictor, state.batcher, state.settings
     assert predictor is not None and batcher is not None
     loop = asyncio.get_running_loop()
@@ -308,12 +318,16 @@ async def run_images(
         if len(uploads) == 1
         else [f"images[{i}] ({u.filename or 'unnamed'})" for i, u in enumerate(uploads)]
     )
-    prepared = await asyncio.gather(
-        *(
-            run_in_threadpool(prepare_upload, predictor, data, settings.max_pixels, name)
-            for data, name in zip(payloads, names)
-        )
-    )
+    slots = state.decode_slots
+    assert slots is not None
+
+    async def prepare(data: bytes, name: str) -> Prepared:
+        async with slots:
+            return await run_in_threadpool(
+                prepare_upload, predictor, data, settings.max_pixels, name, keep_images
+            )
+
+    prepared = await asyncio.gather(*(prepare(d, n) for d, n in zip(payloads, names)))
     try:
         results = await batcher.submit_many([p.tensor for p in prepared], deadline)
     except QueueFull as exc:
@@ -337,7 +351,7 @@ async def run_images(
 def image_result(
     item: Prepared, result: BatchResult, post_s: float, detections: list[Detection], started: float
 ) -> ImageResult:
-    height, width = item.image.shape[:2]
+    height, width = item.shape
     return ImageResult(
         image=ImageSize(width=width, height=height),
         detections=detections,
@@ -355,6 +369,7 @@ def image_result(
 def annotate(item: Prepared, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
              names: Sequence[str]) -> bytes:  # fmt: skip
     """The upload with its boxes drawn, as JPEG bytes."""
+    assert item.image is not None
     drawn = draw_boxes(item.image, boxes, classes.tolist(), names, scores.tolist())
     ok, encoded = cv2.imencode(".jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR image
@@ -395,7 +410,9 @@ async def detect(
         description="json: detections; image: the annotated image as JPEG")] = "json",
 ) -> Any:  # fmt: skip
     started = time.perf_counter()
-    [(item, result, post_s, outcome)] = await run_images(state, [image], params, started)
+    [(item, result, post_s, outcome)] = await run_images(
+        state, [image], params, keep_images=format == "image"
+    )
     detections, boxes, scores, classes = outcome
     assert state.predictor is not None
     if format == "image":
@@ -418,7 +435,7 @@ async def detect_batch(
         raise ApiError(413, "too_many_images",
                        f"{len(images)} images is more than the limit of "
                        f"{state.settings.max_images} per request")  # fmt: skip
-    finished = await run_images(state, images, params, started)
+    finished = await run_images(state, images, params)
     assert state.predictor is not None
     return BatchDetectResponse(
         results=[image_result(i, r, p, o[0], started) for i, r, p, o in finished],

@@ -81,6 +81,10 @@ class ServeSettings(BaseSettings):
         40_000_000, ge=1, description="largest image (width x height, read from its header "
         "before decoding; else 413)"
     )  # fmt: skip
+    decode_workers: int = Field(
+        default_factory=usable_cpus, ge=1, description="images decoded at once across all "
+        "requests; bounds the memory of decoded images (each up to max_pixels x 3 bytes)"
+    )  # fmt: skip
     max_images: int = Field(32, ge=1, description="most images in one batch request")
     max_det_limit: int = Field(1000, ge=1, description="largest max_det a request may ask for")
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(

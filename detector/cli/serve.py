@@ -16,7 +16,7 @@ from typing import Any
 # flag dest -> ServeSettings field, for the flags that map one to one
 SETTINGS_FLAGS = (
     "model", "backend", "device", "threads", "max_batch", "max_delay_ms", "queue_size",
-    "timeout_s", "max_body_bytes", "max_pixels", "max_images", "host", "port",
+    "timeout_s", "max_body_bytes", "max_pixels", "max_images", "decode_workers", "host", "port",
 )  # fmt: skip
 
 
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-body-bytes", type=int, help="largest body (default 20 MiB)")
     parser.add_argument("--max-pixels", type=int, help="largest image in pixels (default 40M)")
     parser.add_argument("--max-images", type=int, help="most images per batch request (32)")
+    parser.add_argument("--decode-workers", type=int, help="images decoded at once (the cores)")
     parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
                         help="accepted API key (repeatable; prefer DETECTOR_API_KEYS, which "
                         "other users cannot read from the process list)")  # fmt: skip

@@ -133,3 +133,12 @@ def test_app_factory_from_the_environment(serve_onnx, monkeypatch):
     monkeypatch.setenv("DETECTOR_MAX_BATCH", "3")
     with TestClient(app_from_env()) as client:
         assert client.get("/v1/models").json()["models"][0]["max_batch"] == 3
+
+
+def test_one_decode_at_a_time_still_serves_batches_and_pictures(serve_onnx):
+    with app_for(serve_onnx, decode_workers=1) as client:
+        three = [("images", (f"{i}.png", encode(noise(30, 40, i)))) for i in range(3)]
+        batch = client.post("/v1/detect/batch", files=three)
+        assert batch.status_code == 200 and len(batch.json()["results"]) == 3
+        picture = upload(client, params={"format": "image"})
+        assert picture.status_code == 200 and picture.content[:2] == b"\xff\xd8"
