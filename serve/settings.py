@@ -72,7 +72,7 @@ class ServeSettings(BaseSettings):
         64, ge=1, description="requests waiting for inference before new ones get 503"
     )
     timeout_s: float = Field(
-        10.0, gt=0, description="per-request deadline from arrival to answer (else 504)"
+        10.0, gt=0, description="per-request deadline, from the body received to the answer (504)"
     )
     max_body_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="largest request body (else 413)"
