@@ -5,7 +5,8 @@ the shipped BCCD data cut to ``--iters`` batches per epoch, Mosaic on, the short
 trains two epochs and evaluates once, with the given ``threads=`` and ``workers=`` overrides or
 with neither (``auto``: what ``detector train`` chooses). It reports the first epoch (loader
 workers start in it), the second (steady state) and the evaluation (its loader's workers start
-each time), in seconds.
+each time), in seconds. A measurement that takes longer than ``--cap-s`` in all is stopped and
+shown as slower than the cap.
 
 The parent runs every configuration once per repeat, in an order rotated each repeat, first
 alone and then beside a second busy process (``python -c "while True: pass"``), and prints the
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -92,15 +95,28 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps(result))
 
 
+TIMED_OUT = {"first_epoch_s": math.inf, "epoch_s": math.inf, "eval_s": math.inf}
+
+
 def run_child(config: str, args: argparse.Namespace) -> dict:
+    """One measurement in a fresh process (its own session, so that a measurement over
+    ``--cap-s`` is stopped with its loader workers and counted as slower than the cap)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     cmd = [sys.executable, __file__, "--child", "--config", config, "--iters", str(args.iters),
            "--batch", str(args.batch), "--imgsz", str(args.imgsz),
            "--val-images", str(args.val_images)]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"{config} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=args.cap_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        threads, workers = (parse_config(config) + ["auto", "auto"])[:2]
+        return {**TIMED_OUT, "threads": threads.split("=")[-1], "workers": workers.split("=")[-1]}
+    if proc.returncode != 0:
+        raise RuntimeError(f"{config} failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def loadavg() -> str:
@@ -129,6 +145,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--val-images", type=int, default=24)
+    parser.add_argument("--cap-s", type=float, default=150.0,
+                        help="stop a measurement after this many seconds")  # fmt: skip
     parser.add_argument("--conditions", nargs="+", default=["alone", "busy"],
                         choices=["alone", "busy"])  # fmt: skip
     args = parser.parse_args()
@@ -157,7 +175,7 @@ def main() -> None:
                 for config in order:
                     result = run_child(config, args)
                     results.setdefault(condition, {}).setdefault(config, []).append(result)
-                    print(f"  {condition} repeat {repeat + 1} {config}: "
+                    print(f"  {condition} repeat {repeat + 1} {config} ({loadavg()}): "
                           + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                       for k, v in result.items()), flush=True)  # fmt: skip
         finally:
@@ -167,7 +185,8 @@ def main() -> None:
         print(f"{condition}: load average after {loadavg()}", flush=True)
 
     def med(rows: list[dict], key: str) -> str:
-        return f"{statistics.median(r[key] for r in rows):.2f}"
+        value = statistics.median(r[key] for r in rows)
+        return f"> cap ({args.cap_s:.0f} s for all)" if math.isinf(value) else f"{value:.2f}"
 
     header = "| config | threads | workers |"
     rule = "|---|---:|---:|"
@@ -178,7 +197,7 @@ def main() -> None:
     print(header)
     print(rule)
     for config in args.configs:
-        first = results[args.conditions[0]][config][0]
+        first = min(results[args.conditions[0]][config], key=lambda r: r["epoch_s"])
         line = f"| {config} | {first['threads']} | {first['workers']} |"
         for condition in args.conditions:
             rows = results[condition][config]
