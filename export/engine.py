@@ -20,12 +20,11 @@ Nothing in this module has run on a GPU in this repository's CI (no GPU there); 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detector.atomic import write_atomic
 from serve.backends.tensorrt import (
     GpuInfo,
     TensorRTUnavailable,
@@ -250,19 +249,6 @@ def _parser_errors(parser: Any, onnx_path: Path) -> list[str]:
             f"{error.func()}, code {error.code()}]"
         )
     return lines
-
-
-def write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_engine(

@@ -17,7 +17,6 @@ batch dimension, which is all a YOLOX graph needs.
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from detector.atomic import write_atomic
 from detector.models import (
     YOLOX,
     checkpoint_input_size,
@@ -218,20 +218,8 @@ def to_onnx_model(
 
 
 def save_atomic(proto: onnx.ModelProto, out: str | Path) -> Path:
-    """Write ``proto`` to ``out`` through a temporary file in the same folder and a rename."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(proto.SerializeToString())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, out)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return out
+    """Write ``proto`` to ``out`` atomically, with the process's usual file permissions."""
+    return write_atomic(out, proto.SerializeToString())
 
 
 def export_model(

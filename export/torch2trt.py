@@ -29,7 +29,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from export.engine import Profile, write_atomic
+from detector.atomic import write_atomic
+from export.engine import Profile
 from serve.backends.tensorrt import TensorRTUnavailable, gpu_info, require_tensorrt
 from serve.metadata import ModelMetadata, write_sidecar
 
