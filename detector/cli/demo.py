@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     run_eval(
         argparse.Namespace(
             weights=str(weights), data=str(data_yaml), model=None, split="val", imgsz=None,
-            conf=0.01, nms=0.65, batch=8, workers=args.workers, device=args.device, voc=False,
+            conf=0.01, iou=0.65, batch=8, workers=args.workers, device=args.device, voc=False,
             json=str(metrics),
         )
     )  # fmt: skip
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     run_predict(
         argparse.Namespace(
             model=str(weights), source=[str(p) for p in val_images], out=str(out / "predict"),
-            arch=None, imgsz=None, conf=0.3, nms=0.45, device=args.device,
+            arch=None, imgsz=None, conf=0.3, iou=0.45, device=args.device, backend=None,
+            max_det=300, classes=None, save_txt=False,
         )
     )  # fmt: skip
     result = json.loads(metrics.read_text())

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's)")
     parser.add_argument("--conf", type=float, default=0.01, help="confidence threshold")
-    parser.add_argument("--nms", type=float, default=0.65, help="NMS IoU threshold")
+    parser.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument(
         "--workers", type=int, help="loader worker processes (default: from the usable cores)"
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     imgsz = args.imgsz or checkpoint_input_size(model, meta)
     model = model.to(device).eval()
     predictions = predict_split(
-        model, dataset, imgsz, device, args.batch, workers, args.conf, args.nms
+        model, dataset, imgsz, device, args.batch, workers, args.conf, args.iou
     )
     result = evaluate_predictions(predictions, dataset)
     report = result.to_dict()
