@@ -34,9 +34,10 @@ demo: $(STAMP)
 	$(BIN)/detector demo
 
 # The official YOLOX 0.3.0 in .venv: the tests then also compare against it live, and the
-# benchmarks in benchmarks/ can run their side-by-side measurements.
+# benchmarks in benchmarks/ can run their side-by-side measurements (onnxsim: the official ONNX
+# export simplifies with it, as its tools/export_onnx.py does).
 reference: $(STAMP)
-	$(BIN)/python -m pip install --quiet wheel loguru tabulate thop ninja
+	$(BIN)/python -m pip install --quiet wheel loguru tabulate thop ninja onnxsim
 	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps yolox==0.3.0
 
 clean:
