@@ -54,7 +54,7 @@ from serve.http_schemas import (
     Timings,
 )
 from serve.images import ImageError, decode_image
-from serve.runtime import Predictor, backend_for
+from serve.runtime import Predictor, UnknownClassError, backend_for, resolve_classes
 from serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -206,26 +206,6 @@ def require_api_key(
                        {"WWW-Authenticate": "Bearer"})  # fmt: skip
 
 
-def parse_classes(values: Sequence[str] | None, names: Sequence[str]) -> list[int] | None:
-    """``["person", "2"]`` or ``["person,2"]`` -> class indices; unknown ones are a 422."""
-    if not values:
-        return None
-    wanted: list[int] = []
-    for value in values:
-        for token in (t.strip() for t in value.split(",")):
-            if not token:
-                continue
-            if token.isdigit() and int(token) < len(names):
-                wanted.append(int(token))
-            elif token in names:
-                wanted.append(names.index(token))
-            else:
-                raise ApiError(422, "invalid_parameter",
-                               f"classes: unknown class {token!r}; this model has ids "
-                               f"0-{len(names) - 1} named {', '.join(names)}")  # fmt: skip
-    return sorted(set(wanted)) or None
-
-
 @dataclass(frozen=True)
 class DetectParams:
     conf: float
@@ -253,7 +233,11 @@ def detect_params(
         raise ApiError(422, "invalid_parameter", f"max_det: {max_det} is above the limit {limit}")
     assert state.predictor is not None
     names = state.predictor.metadata.class_names
-    return DetectParams(conf, iou, max_det, parse_classes(classes, names))
+    try:
+        wanted = resolve_classes(classes, names)
+    except UnknownClassError as exc:
+        raise ApiError(422, "invalid_parameter", f"classes: {exc}") from exc
+    return DetectParams(conf, iou, max_det, wanted)
 
 
 # ---------------------------------------------------------------------------- the work

@@ -41,6 +41,37 @@ class Detections:
     classes: np.ndarray  # [K] int64
 
 
+class UnknownClassError(ValueError):
+    """A class filter names a class the model does not have."""
+
+
+def resolve_classes(values: Sequence[str] | None, names: Sequence[str]) -> list[int] | None:
+    """A class filter as users write it (names or ids, repeated or comma-separated:
+    ``["RBC", "2"]``, ``["RBC,2"]``) -> sorted class ids; ``None`` when it keeps every class.
+    A token that is a class name means that class, else a digit string means that id.
+
+    Raises:
+        UnknownClassError: a token is neither a name nor an id of this model.
+    """
+    if not values:
+        return None
+    names = list(names)
+    wanted: set[int] = set()
+    for token in (t.strip() for value in values for t in value.split(",")):
+        if not token:
+            continue
+        if token in names:
+            wanted.add(names.index(token))
+        elif token.isdigit() and int(token) < len(names):
+            wanted.add(int(token))
+        else:
+            raise UnknownClassError(
+                f"unknown class {token!r}; valid names: {', '.join(names)} "
+                f"(or ids 0-{len(names) - 1})"
+            )
+    return sorted(wanted) or None
+
+
 def backend_for(path: str | Path) -> str:
     """The backend name for a model file, from its suffix."""
     suffix = Path(path).suffix.lower()

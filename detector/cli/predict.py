@@ -68,26 +68,6 @@ def collect_images(sources: list[str]) -> list[Path]:
     return images
 
 
-def parse_classes(values: list[str] | None, class_names: Sequence[str]) -> list[int] | None:
-    """``--classes`` values (names or ids, comma-separated or repeated) -> class ids."""
-    if not values:
-        return None
-    ids: list[int] = []
-    for token in (t.strip() for value in values for t in value.split(",")):
-        if not token:
-            continue
-        if token in class_names:
-            ids.append(list(class_names).index(token))
-        elif token.isdigit() and int(token) < len(class_names):
-            ids.append(int(token))
-        else:
-            raise ValueError(
-                f"--classes: unknown class {token!r}; valid names: {', '.join(class_names)} "
-                f"(or ids 0-{len(class_names) - 1})"
-            )
-    return ids
-
-
 class PredictionWriter:
     """Writes each image's results (annotated copy, optional YOLO txt) and, on close,
     predictions.json; one writer for every model type."""
@@ -142,6 +122,16 @@ class PredictionWriter:
         print(f"results written to {self.out_dir}")
 
 
+def _classes(values: list[str] | None, class_names: Sequence[str]) -> list[int] | None:
+    """``--classes`` values -> class ids (:func:`serve.runtime.resolve_classes`)."""
+    from serve.runtime import UnknownClassError, resolve_classes
+
+    try:
+        return resolve_classes(values, class_names)
+    except UnknownClassError as exc:
+        raise ValueError(f"--classes: {exc}") from exc
+
+
 def checkpoint_detector(args: argparse.Namespace):
     """(class names, detect(image) -> (boxes, scores, classes), close) for a PyTorch checkpoint."""
     import torch
@@ -156,7 +146,7 @@ def checkpoint_detector(args: argparse.Namespace):
     model = model.to(device).eval()
     class_names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
     imgsz = args.imgsz or checkpoint_input_size(model, meta)
-    keep_classes = parse_classes(args.classes, class_names)
+    keep_classes = _classes(args.classes, class_names)
 
     def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         tensor, ratio = preprocess(image, imgsz)
@@ -181,7 +171,7 @@ def exported_detector(args: argparse.Namespace):
         raise ValueError(f"{args.model}: --imgsz and --arch apply to checkpoints only")
     predictor = Predictor.from_path(args.model, backend=args.backend)
     class_names = list(predictor.metadata.class_names)
-    keep_classes = parse_classes(args.classes, class_names)
+    keep_classes = _classes(args.classes, class_names)
 
     def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         [dets] = predictor.predict([image], args.conf, args.iou, args.max_det, keep_classes)
