@@ -147,6 +147,17 @@ def gpu_info(device: int = 0) -> GpuInfo:
     return GpuInfo(name=name, compute_capability=f"{props.major}.{props.minor}")
 
 
+def unavailable_reason(device: int = 0) -> str | None:
+    """Why TensorRT engines cannot run here (the first sentence of the error), or ``None`` when
+    TensorRT, cuda-python and CUDA device ``device`` are all present."""
+    try:
+        require_tensorrt()
+        gpu_info(device)
+    except TensorRTUnavailable as exc:
+        return str(exc).split(". ")[0]
+    return None
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for part in version.split("."):

@@ -33,23 +33,14 @@ from serve.backends.tensorrt import (
     TensorRTUnavailable,
     gpu_info,
     require_tensorrt,
+    unavailable_reason,
 )
 from serve.metadata import ModelMetadata, write_onnx_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tensorrt_and_gpu() -> str | None:
-    """Why the GPU tests cannot run here (``None``: they can)."""
-    try:
-        require_tensorrt()
-        gpu_info(0)
-    except TensorRTUnavailable as exc:
-        return str(exc).split(". ")[0]
-    return None
-
-
-GPU_SKIP = _tensorrt_and_gpu()
+GPU_SKIP = unavailable_reason()
 needs_gpu = pytest.mark.skipif(GPU_SKIP is not None, reason=f"TensorRT GPU test: {GPU_SKIP}")
 
 

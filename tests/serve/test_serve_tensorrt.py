@@ -20,9 +20,8 @@ from serve.backends.tensorrt import (
     TensorRTUnavailable,
     check_engine_runs_here,
     engine_mismatch,
-    gpu_info,
     rebuild_command,
-    require_tensorrt,
+    unavailable_reason,
 )
 from serve.metadata import MetadataError, ModelMetadata, write_sidecar
 
@@ -36,16 +35,7 @@ BUILT = {
 }
 
 
-def _gpu_skip() -> str | None:
-    try:
-        require_tensorrt()
-        gpu_info(0)
-    except TensorRTUnavailable as exc:
-        return str(exc).split(". ")[0]
-    return None
-
-
-GPU_SKIP = _gpu_skip()
+GPU_SKIP = unavailable_reason()
 
 
 def test_importing_the_backend_needs_neither_tensorrt_nor_torch():
