@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT / "tests" / "models"))
 sys.path.insert(0, str(ROOT))
 
 from golden_fill import fill_state_dict  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 from detector.engine.checkpoint import save_atomic  # noqa: E402
 from detector.models import build_model  # noqa: E402
@@ -105,20 +105,6 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    names = list(calls)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for _ in range(3):
-        for call in calls.values():
-            call()
-    for r in range(repeats):
-        for k in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            calls[k]()
-            times[k].append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def official_pipeline(sess: ort.InferenceSession, size: int) -> Callable[[bytes], object]:

@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests" / "models"))
 sys.path.insert(0, str(ROOT))
 
 from golden_fill import fill_state_dict, golden_input  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 from detector.models import build_model, fuse_model  # noqa: E402
 
@@ -54,24 +54,14 @@ def variants(name: str, official_name: str) -> dict[str, torch.nn.Module]:
 
 
 def bench(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> dict[str, list]:
-    times: dict[str, list[float]] = {k: [] for k in models}
     calls: dict[str, Callable[[], torch.Tensor]] = {
         k: (lambda m=m: m(x)) for k, m in models.items()
     }
-    names = list(models)
     with torch.inference_mode():
         outs = {k: c() for k, c in calls.items()}
-        for k in names:
+        for k in calls:
             torch.testing.assert_close(outs[k], outs["official"], rtol=1e-3, atol=1e-3)
-        for _ in range(3):  # warm-up
-            for c in calls.values():
-                c()
-        for r in range(repeats):
-            for k in names[r % len(names) :] + names[: r % len(names)]:
-                start = time.perf_counter()
-                calls[k]()
-                times[k].append((time.perf_counter() - start) * 1e3)
-    return times
+        return interleaved(calls, repeats)
 
 
 def main() -> None:
