@@ -1,30 +1,49 @@
 """``detector predict``: run any model file (checkpoint, ONNX, TensorRT engine) on images and
-write annotated copies, predictions.json and optionally YOLO txt labels."""
+videos and write annotated copies, predictions.json and optionally YOLO txt labels.
+
+Images go through the model in batches (``--batch``; an exported model's batch dimension is
+used whole, so a folder does not run one image at a time); a video is read frame by frame with
+OpenCV, its frames batched the same way, and written back annotated at its own size and frame
+rate. Batching never changes a result: each image is letterboxed on its own and the network's
+rows do not interact.
+"""
 
 from __future__ import annotations
 
 import argparse
 import glob
 import json
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 CHECKPOINT_SUFFIXES = {".pt", ".pth"}
+DYNAMIC_BATCH = 8  # default --batch for a dynamic-batch exported model
+VIDEO_FOURCC = "mp4v"  # MPEG-4 Part 2: what OpenCV's pip wheels write without extra codecs
+DEFAULT_FPS = 30.0  # for a video that does not say its frame rate
+PROGRESS_EVERY_S = 2.0
+
+# (boxes [K, 4] xyxy original pixels, scores [K], class ids [K])
+Result = tuple[np.ndarray, np.ndarray, np.ndarray]
+DetectFn = Callable[[list[np.ndarray]], list[Result]]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="detect objects in images",
+        help="detect objects in images and videos",
         description="Run a model file (checkpoint .pt/.pth, ONNX .onnx, TensorRT .engine) on "
-        "image files, folders or globs. Writes annotated images and predictions.json (boxes in "
-        "original image pixels, xyxy) to --out.",
+        "image or video files, folders or globs. Writes annotated images and videos (.mp4) and "
+        "predictions.json (boxes in original image pixels, xyxy; a frame index for video "
+        "frames) to --out.",
     )
     parser.add_argument("--model", required=True, help="checkpoint (.pt/.pth), .onnx or .engine")
-    parser.add_argument("source", nargs="+", help="image files, folders of images or globs")
+    parser.add_argument("source", nargs="+", help="image or video files, folders or globs")
     parser.add_argument("--out", default="runs/predict", help="output folder")
     parser.add_argument(
         "--backend", help="backend for an exported model (default: by suffix, e.g. onnxruntime)"
@@ -39,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         help="keep only these classes: names or ids, comma-separated or repeated",
     )
+    parser.add_argument(
+        "--batch", type=int, help=f"images per network run for an exported model (default: "
+        f"its fixed batch, or {DYNAMIC_BATCH} for a dynamic-batch model; checkpoints run 1)",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="device of a checkpoint (auto, cpu, cuda)")
     parser.add_argument(
         "--save-txt", action="store_true", help="also write YOLO labels (class cx cy w h, 0-1)"
@@ -46,31 +69,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def collect_images(sources: list[str]) -> list[Path]:
-    """Image files named directly, found (sorted) in the folders given, or matched by globs."""
-    images: list[Path] = []
+def collect_sources(sources: list[str]) -> list[Path]:
+    """Image and video files named directly, found (sorted) in the folders given, or matched by
+    globs, in the order given."""
+    found: list[Path] = []
+    wanted = IMAGE_SUFFIXES | VIDEO_SUFFIXES
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            images += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in wanted)
         elif path.is_file():
-            images.append(path)
+            found.append(path)
         elif glob.has_magic(source):
             matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
             matches = [p for p in matches if p.is_file()]
             if not matches:
                 raise FileNotFoundError(f"{source}: no files match")
-            images += matches
+            found += matches
         else:
-            raise FileNotFoundError(f"{path}: no such image or folder")
-    if not images:
-        raise FileNotFoundError(f"no images found in {', '.join(sources)}")
-    return images
+            raise FileNotFoundError(f"{path}: no such image, video or folder")
+    if not found:
+        raise FileNotFoundError(f"no images or videos found in {', '.join(sources)}")
+    return found
+
+
+collect_images = collect_sources  # the name before videos
+
+
+def detection_records(
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> list[dict]:
+    return [
+        {
+            "box": [round(float(v), 4) for v in box],
+            "score": round(float(score), 6),
+            "class_id": int(label),
+            "class_name": class_names[int(label)],
+        }
+        for box, score, label in zip(boxes, scores, labels)
+    ]
 
 
 class PredictionWriter:
-    """Writes each image's results (annotated copy, optional YOLO txt) and, on close,
-    predictions.json; one writer for every model type."""
+    """Writes each image's or frame's results (annotated copy, optional YOLO txt) and, on
+    close, predictions.json; one writer for every model type."""
 
     def __init__(self, out_dir: Path, class_names: Sequence[str], save_txt: bool) -> None:
         self.out_dir = out_dir
@@ -81,18 +123,12 @@ class PredictionWriter:
         if save_txt:
             (out_dir / "labels").mkdir(exist_ok=True)
 
-    def add(
-        self, path: Path, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-        classes: np.ndarray,
-    ) -> None:  # fmt: skip
-        """One image: ``boxes [K, 4]`` xyxy original pixels, ``scores [K]``, ``classes [K]``."""
-        import cv2
-
+    def _annotate(self, image: np.ndarray, result: Result, txt_name: str) -> np.ndarray:
+        """``image`` with ``result``'s boxes drawn; writes its YOLO labels with --save-txt."""
         from detector.visualize import draw_boxes
 
+        boxes, scores, classes = result
         labels = classes.astype(int)
-        drawn = draw_boxes(image, boxes, labels, self.class_names, scores)
-        cv2.imwrite(str(self.out_dir / path.name), drawn)
         if self.save_txt:
             height, width = image.shape[:2]
             lines = []
@@ -100,22 +136,34 @@ class PredictionWriter:
                 cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
                 w, h = (x2 - x1) / width, (y2 - y1) / height
                 lines.append(f"{label} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
-            (self.out_dir / "labels" / f"{path.stem}.txt").write_text("".join(lines))
+            (self.out_dir / "labels" / f"{txt_name}.txt").write_text("".join(lines))
+        return draw_boxes(image, boxes, labels, self.class_names, scores)
+
+    def add(
+        self, path: Path, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+        classes: np.ndarray,
+    ) -> None:  # fmt: skip
+        """One image: ``boxes [K, 4]`` xyxy original pixels, ``scores [K]``, ``classes [K]``."""
+        import cv2
+
+        drawn = self._annotate(image, (boxes, scores, classes), path.stem)
+        cv2.imwrite(str(self.out_dir / path.name), drawn)
         self.records.append(
-            {
-                "image": str(path),
-                "detections": [
-                    {
-                        "box": [round(float(v), 4) for v in box],
-                        "score": round(float(score), 6),
-                        "class_id": int(label),
-                        "class_name": self.class_names[int(label)],
-                    }
-                    for box, score, label in zip(boxes, scores, labels)
-                ],
-            }
-        )
-        print(f"{path}: {len(labels)} objects")
+            {"image": str(path),
+             "detections": detection_records(boxes, scores, classes, self.class_names)}
+        )  # fmt: skip
+        print(f"{path}: {len(classes)} objects")
+
+    def add_frame(self, path: Path, index: int, frame: np.ndarray, result: Result) -> np.ndarray:
+        """Frame ``index`` of video ``path``: its record, and the annotated frame to write."""
+        self.records.append(
+            {"video": str(path), "frame": index,
+             "detections": detection_records(*result, self.class_names)}
+        )  # fmt: skip
+        return self._annotate(frame, result, f"{path.stem}_{index:06d}")
+
+    def video_path(self, path: Path) -> Path:
+        return self.out_dir / f"{path.stem}.mp4"
 
     def close(self) -> None:
         (self.out_dir / "predictions.json").write_text(json.dumps(self.records, indent=2))
@@ -133,7 +181,8 @@ def _classes(values: list[str] | None, class_names: Sequence[str]) -> list[int] 
 
 
 def checkpoint_detector(args: argparse.Namespace):
-    """(class names, detect(image) -> (boxes, scores, classes), close) for a PyTorch checkpoint."""
+    """(class names, detect(images) -> results, close, batch) for a PyTorch checkpoint; images
+    run one at a time."""
     import torch
 
     from detector.engine.distributed import resolve_device
@@ -148,7 +197,7 @@ def checkpoint_detector(args: argparse.Namespace):
     imgsz = args.imgsz or checkpoint_input_size(model, meta)
     keep_classes = _classes(args.classes, class_names)
 
-    def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def detect_one(image: np.ndarray) -> Result:
         tensor, ratio = preprocess(image, imgsz)
         with torch.no_grad():
             output = model(torch.from_numpy(tensor)[None].to(device))
@@ -160,11 +209,15 @@ def checkpoint_detector(args: argparse.Namespace):
         boxes = boxes_to_original(dets[:, :4], ratio, image.shape[:2])
         return boxes, dets[:, 4], dets[:, 5].astype(int)
 
-    return class_names, detect, None
+    def detect(images: list[np.ndarray]) -> list[Result]:
+        return [detect_one(image) for image in images]
+
+    return class_names, detect, None, getattr(args, "batch", None) or 1
 
 
 def exported_detector(args: argparse.Namespace):
-    """(class names, detect, close) for an exported model through :mod:`serve.runtime`."""
+    """(class names, detect, close, batch) for an exported model through :mod:`serve.runtime`;
+    ``detect`` runs a list of images as one batch (split into the model's fixed batch)."""
     from serve.runtime import Predictor
 
     if args.imgsz or args.arch:
@@ -172,35 +225,162 @@ def exported_detector(args: argparse.Namespace):
     predictor = Predictor.from_path(args.model, backend=args.backend)
     class_names = list(predictor.metadata.class_names)
     keep_classes = _classes(args.classes, class_names)
+    batch = getattr(args, "batch", None) or predictor.metadata.batch or DYNAMIC_BATCH
 
-    def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        [dets] = predictor.predict([image], args.conf, args.iou, args.max_det, keep_classes)
-        return dets.boxes, dets.scores, dets.classes
+    def detect(images: list[np.ndarray]) -> list[Result]:
+        found = predictor.predict(images, args.conf, args.iou, args.max_det, keep_classes)
+        return [(d.boxes, d.scores, d.classes) for d in found]
 
-    return class_names, detect, predictor.close
+    return class_names, detect, predictor.close, batch
 
 
-def run(args: argparse.Namespace) -> int:
+def chunks(items: Iterator, size: int) -> Iterator[list]:
+    """Consecutive lists of up to ``size`` items."""
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_images(
+    paths: list[Path], detect: DetectFn, writer: PredictionWriter, batch: int
+) -> int:
+    """Read, detect (``batch`` at a time) and write ``paths``; returns how many were unreadable."""
     import cv2
 
-    model_path = Path(args.model)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: no such model file")
-    images = collect_images(args.source)
-    if model_path.suffix.lower() in CHECKPOINT_SUFFIXES and args.backend in (None, "torch"):
-        class_names, detect, close = checkpoint_detector(args)
-    else:
-        class_names, detect, close = exported_detector(args)
-    writer = PredictionWriter(Path(args.out), class_names, args.save_txt)
     failed = 0
-    try:
-        for path in images:
+
+    def readable() -> Iterator[tuple[Path, np.ndarray]]:
+        nonlocal failed
+        for path in paths:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
                 print(f"skipped {path}: not a readable image")
                 failed += 1
                 continue
-            writer.add(path, image, *detect(image))
+            yield path, image
+
+    for chunk in chunks(readable(), batch):
+        for (path, image), result in zip(chunk, detect([image for _, image in chunk])):
+            writer.add(path, image, *result)
+    return failed
+
+
+def open_video(path: Path):
+    """``path`` opened by ``cv2.VideoCapture``, or ``None`` when OpenCV cannot open it."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        return None
+    return capture
+
+
+def looks_like_video(path: Path) -> bool:
+    """A video by its suffix; a file with neither an image nor a video suffix is a video when
+    OpenCV has no image reader for it but opens it as a video."""
+    import cv2
+
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES:
+        return suffix in VIDEO_SUFFIXES
+    if cv2.haveImageReader(str(path)):
+        return False
+    capture = open_video(path)
+    if capture is None:
+        return False
+    capture.release()
+    return True
+
+
+def predict_video(path: Path, detect: DetectFn, writer: PredictionWriter, batch: int) -> bool:
+    """Detect objects in every frame of video ``path`` and write it back annotated (same size
+    and frame rate, MPEG-4) as ``--out/<stem>.mp4``. Progress goes to stderr. Returns False
+    when the file is not a readable video."""
+    import cv2
+
+    capture = open_video(path)
+    if capture is None:
+        print(f"skipped {path}: not a readable video")
+        return False
+    try:
+        ok, first = capture.read()
+        if not ok or first is None:
+            print(f"skipped {path}: not a readable video (no frames)")
+            return False
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if np.isfinite(fps) and fps > 0 else DEFAULT_FPS
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        height, width = first.shape[:2]
+        out_path = writer.video_path(path)
+        video = cv2.VideoWriter(
+            str(out_path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), fps, (width, height)
+        )
+        if not video.isOpened():
+            raise RuntimeError(f"{out_path}: OpenCV cannot write {VIDEO_FOURCC} video here")
+
+        def frames() -> Iterator[np.ndarray]:
+            frame: np.ndarray | None = first
+            while frame is not None:
+                yield frame
+                ok, frame = capture.read()
+                if not ok:
+                    frame = None
+
+        index = objects = 0
+        last_report = time.monotonic()
+        of_total = f"/{total}" if total > 0 else ""
+        try:
+            for chunk in chunks(frames(), batch):
+                for frame, result in zip(chunk, detect(chunk)):
+                    if frame.shape[:2] != (height, width):  # a stream that changes size
+                        frame = cv2.resize(frame, (width, height))
+                    video.write(writer.add_frame(path, index, frame, result))
+                    objects += len(result[2])
+                    index += 1
+                if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                    last_report = time.monotonic()
+                    print(f"{path}: frame {index}{of_total}", file=sys.stderr, flush=True)
+        finally:
+            video.release()
+        if total > 0 and index < total:
+            print(f"warning: {path}: read {index} of the {total} frames it declares (truncated?)",
+                  file=sys.stderr)  # fmt: skip
+        print(f"{path}: {index} frames, {objects} objects -> {out_path}")
+        return True
+    finally:
+        capture.release()
+
+
+def run(args: argparse.Namespace) -> int:
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: no such model file")
+    batch = getattr(args, "batch", None)
+    if batch is not None and batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch}")
+    sources = collect_sources(args.source)
+    if model_path.suffix.lower() in CHECKPOINT_SUFFIXES and args.backend in (None, "torch"):
+        class_names, detect, close, batch = checkpoint_detector(args)
+    else:
+        class_names, detect, close, batch = exported_detector(args)
+    writer = PredictionWriter(Path(args.out), class_names, args.save_txt)
+    failed = 0
+    pending: list[Path] = []  # images waiting to be run together
+    try:
+        for path in sources:
+            if not looks_like_video(path):
+                pending.append(path)
+                continue
+            failed += predict_images(pending, detect, writer, batch)
+            pending = []
+            failed += not predict_video(path, detect, writer, batch)
+        failed += predict_images(pending, detect, writer, batch)
     finally:
         writer.close()
         if close is not None:

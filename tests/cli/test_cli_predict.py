@@ -122,3 +122,133 @@ def test_nms_is_not_a_predict_flag(onnx_model: Path, images: list[Path], capsys)
         main(["predict", "--model", str(onnx_model), str(images[0]), "--nms", "0.5"])
     assert exit_info.value.code == 2
     assert "--nms" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- batches, videos
+
+
+@pytest.fixture(scope="module")
+def dynamic_model(lively: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("predict_dynamic") / "dynamic.onnx"
+    return export_onnx(lively, out, dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(images: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seven images of different sizes and aspect ratios (each letterboxed differently)."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("mixed")
+    sizes = [(96, 128), (128, 96), (64, 64), (200, 150), (50, 120), (128, 128), (77, 91)]
+    for i, (height, width) in enumerate(sizes):
+        image = cv2.imread(str(images[i % len(images)]))
+        cv2.imwrite(str(folder / f"img{i}.png"), cv2.resize(image, (width, height)))
+    return folder
+
+
+def test_batches_give_the_same_detections_as_single_images(
+    dynamic_model: Path, mixed_sizes: Path, tmp_path: Path
+) -> None:
+    folder = str(mixed_sizes)
+    code1, single = predict(tmp_path / "b1", "--model", str(dynamic_model), folder, "--batch", "1",
+                            "--conf", "0.2")  # fmt: skip
+    code4, four = predict(tmp_path / "b4", "--model", str(dynamic_model), folder, "--batch", "4",
+                          "--conf", "0.2")  # fmt: skip
+    code_default, default = predict(tmp_path / "b8", "--model", str(dynamic_model), folder,
+                                    "--conf", "0.2")  # fmt: skip
+    assert code1 == code4 == code_default == 0
+    assert len(single) == 7 and sum(len(r["detections"]) for r in single) > 0
+    assert four == single  # 4 + 3: a full and a partial batch
+    assert default == single  # the default batch of a dynamic model (8): all in one run
+
+
+def test_fixed_batch_model_runs_its_own_batch(
+    lively: Path, dynamic_model: Path, mixed_sizes: Path, tmp_path: Path
+) -> None:
+    fixed = export_onnx(lively, tmp_path / "fixed3.onnx", batch=3)
+    _, reference = predict(tmp_path / "ref", "--model", str(dynamic_model), str(mixed_sizes),
+                           "--batch", "1", "--conf", "0.2")  # fmt: skip
+    code, batched = predict(tmp_path / "fixed", "--model", str(fixed), str(mixed_sizes),
+                            "--conf", "0.2")  # fmt: skip
+    assert code == 0
+    assert batched == reference  # 3 + 3 + 1 (padded to 3): the padding adds nothing
+
+
+def write_video(path: Path, images: list[Path], frames: int = 10, fourcc: str = "mp4v") -> Path:
+    """``frames`` frames of 96x128 at 10 fps: the images in turn, shifted a little each frame."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10.0, (128, 96))
+    assert writer.isOpened()
+    for i in range(frames):
+        frame = cv2.resize(cv2.imread(str(images[i % len(images)])), (128, 96))
+        writer.write(np.roll(frame, 3 * i, axis=1))
+    writer.release()
+    return path
+
+
+def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), path
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return frames, fps
+
+
+@pytest.mark.parametrize("suffix, fourcc", [(".mp4", "mp4v"), (".avi", "MJPG")])
+def test_video_is_annotated_frame_by_frame(
+    dynamic_model: Path, images: list[Path], tmp_path: Path, suffix: str, fourcc: str, capsys
+) -> None:
+    from serve.runtime import Predictor
+
+    clip = write_video(tmp_path / f"clip{suffix}", images, fourcc=fourcc)
+    code, records = predict(tmp_path / "out", "--model", str(dynamic_model), str(clip),
+                            "--batch", "4", "--conf", "0.2", "--save-txt")  # fmt: skip
+    assert code == 0
+    assert f"{clip}: 10 frames" in capsys.readouterr().out
+    annotated, fps = read_frames(tmp_path / "out" / "clip.mp4")
+    assert len(annotated) == 10 and fps == pytest.approx(10.0)
+    assert all(frame.shape == (96, 128, 3) for frame in annotated)
+    assert [(r["video"], r["frame"]) for r in records] == [(str(clip), i) for i in range(10)]
+    assert len(list((tmp_path / "out" / "labels").glob("clip_*.txt"))) == 10
+
+    # each frame's detections are the model's on that decoded frame, alone
+    frames, _ = read_frames(clip)
+    predictor = Predictor.from_path(dynamic_model)
+    try:
+        for frame, record in zip(frames, records):
+            [alone] = predictor.predict([frame], conf=0.2)
+            assert len(record["detections"]) == len(alone.scores)
+            for det, box, score in zip(record["detections"], alone.boxes, alone.scores):
+                np.testing.assert_allclose(det["box"], box, atol=1e-3)
+                assert det["score"] == pytest.approx(float(score), abs=1e-5)
+    finally:
+        predictor.close()
+    assert sum(len(r["detections"]) for r in records) > 0
+    # the drawn boxes changed the frames: the annotated video is not a copy
+    assert any(np.abs(a.astype(int) - b.astype(int)).mean() > 1 for a, b in zip(annotated, frames))
+
+
+def test_corrupt_video_is_reported_and_the_rest_processed(
+    onnx_model: Path, images: list[Path], tmp_path: Path, capsys
+) -> None:
+    clip = write_video(tmp_path / "good.mp4", images, frames=4)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    sources = [str(images[0]), str(broken), str(clip), str(images[1])]
+    code, records = predict(tmp_path / "out", "--model", str(onnx_model), *sources)
+    assert code == 1
+    assert f"skipped {broken}: not a readable video" in capsys.readouterr().out
+    assert [r.get("image") or (r["video"], r["frame"]) for r in records] == [
+        str(images[0]), *((str(clip), i) for i in range(4)), str(images[1])
+    ]  # fmt: skip
+    assert len(read_frames(tmp_path / "out" / "good.mp4")[0]) == 4
+    assert not (tmp_path / "out" / "broken.mp4").exists()
