@@ -35,6 +35,7 @@ class SynthSpec:
     num_classes: int = 5
     max_occlusion: float = 0.4
     relative_min: float = 0.025  # smallest object, as a fraction of the image's short side
+    clutter: int = 6  # at most this many grey clutter lines in the background
 
     @classmethod
     def easy(cls) -> SynthSpec:
@@ -42,20 +43,29 @@ class SynthSpec:
         return cls(image_size=(128, 224), object_size=(20, 120), objects=(1, 8),
                    relative_min=0.15)  # fmt: skip
 
+    @classmethod
+    def demo(cls) -> SynthSpec:
+        """The demo's data: 1-6 objects of 24-160 px that a 320 input sees (>= 16 px there),
+        at most 2 clutter lines. The default spec's objects go down to 4 px at 320, and 39 % of
+        them are under 16 px there: too small for nano in a few minutes of training
+        (benchmarks/demo_accuracy.md)."""
+        return cls(image_size=(320, 480), object_size=(24, 160), objects=(1, 6),
+                   relative_min=0.08, clutter=2)  # fmt: skip
+
 
 def _fixed(points: np.ndarray) -> np.ndarray:
     return np.round(points * (1 << SHIFT)).astype(np.int32)
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Muted texture: coarse and fine smooth noise, a few clutter lines."""
+def _background(rng: np.random.Generator, height: int, width: int, clutter: int = 6) -> np.ndarray:
+    """Muted texture: coarse and fine smooth noise, at most ``clutter`` lines."""
     coarse = rng.integers(40, 220, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.uint8)
     fine = rng.integers(0, 60, (rng.integers(12, 40), rng.integers(12, 40), 3)).astype(np.uint8)
     image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     image = cv2.addWeighted(image, 0.85, cv2.resize(fine, (width, height)), 0.5, 0)
     gray = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     image = cv2.addWeighted(image, 0.35, gray, 0.65, 0)  # low saturation: objects stand out
-    for _ in range(int(rng.integers(0, 7))):
+    for _ in range(int(rng.integers(0, clutter + 1))):
         p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         p2 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         shade = int(rng.integers(60, 200))
@@ -132,7 +142,7 @@ def synth_image(
     the image, labels int64 ``[K]``)."""
     height = int(rng.integers(spec.image_size[0], spec.image_size[1] + 1))
     width = int(rng.integers(spec.image_size[0], spec.image_size[1] + 1))
-    image = _background(rng, height, width)
+    image = _background(rng, height, width, spec.clutter)
     short = min(height, width)
     lo = max(spec.object_size[0], spec.relative_min * short)
     hi = max(lo, min(spec.object_size[1], 0.6 * short))

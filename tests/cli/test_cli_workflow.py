@@ -59,4 +59,4 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "demo done: val mAP" in result.stdout
     assert (tmp_path / "metrics.json").is_file()
-    assert len(list((tmp_path / "predict").glob("*.jpg"))) == 8
+    assert len(list((tmp_path / "served").glob("*.jpg"))) == 8  # annotated by the server

@@ -49,3 +49,29 @@ def test_data_yaml_loads_with_both_splits(small_synth: Path):
     gt = json.loads((small_synth.parent / "annotations/instances_val.json").read_text())
     assert {a["category_id"] for a in gt["annotations"]} <= {1, 2, 3}
     assert val.coco_ground_truth()["images"][0]["id"] == gt["images"][0]["id"]
+
+
+def test_demo_spec_objects_are_visible_at_a_320_input():
+    """The demo's data: 1-6 objects per image, none of the few-pixel dots of the default spec."""
+    spec = SynthSpec.demo()
+    counts, sides = [], []
+    for i in range(40):
+        image, boxes, _ = synth_image(np.random.default_rng([0, i]), spec)
+        assert 320 <= min(image.shape[:2]) <= max(image.shape[:2]) <= 480
+        counts.append(len(boxes))
+        scale = 320 / max(image.shape[:2])  # letterboxed to 320
+        sides += (np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * scale).tolist()
+    assert 1 <= min(counts) and max(counts) <= 6
+    assert np.percentile(sides, 5) >= 12 and max(sides) <= 160 * 1.5
+
+
+def test_clutter_bounds_the_background_lines():
+    """clutter=0 draws no lines: the background is smooth noise only (small local contrast)."""
+    plain = SynthSpec(image_size=(96, 96), objects=(0, 0), clutter=0)
+    busy = SynthSpec(image_size=(96, 96), objects=(0, 0), clutter=40)
+
+    def edges(spec: SynthSpec) -> float:
+        image = synth_image(np.random.default_rng([3, 0]), spec)[0].astype(np.float32)
+        return float(np.abs(np.diff(image, axis=1)).max())
+
+    assert edges(busy) > 2 * edges(plain)
