@@ -19,6 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--val-fraction", type=float, default=0.2, help="share of val images")
     synth.add_argument("--easy", action="store_true",
                        help="small images, few large objects (quick training checks)")  # fmt: skip
+    synth.add_argument("--demo", action="store_true",
+                       help="the demo's data: 1-6 objects, 24-160 px, little clutter")  # fmt: skip
+    synth.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"),
+                       help="objects per image (default 0 20)")  # fmt: skip
+    synth.add_argument("--object-size", type=float, nargs=2, metavar=("MIN", "MAX"),
+                       help="object size range in pixels (default 8 300)")  # fmt: skip
+    synth.add_argument("--relative-min", type=float,
+                       help="smallest object / image short side (0.025)")  # fmt: skip
+    synth.add_argument("--clutter", type=int, help="most background lines per image (6)")
+    synth.add_argument("--classes", type=int, help="number of classes, 1-5 (5)")
+    synth.add_argument("--lookalike", action="store_true",
+                       help="classes differ only by a small symbol on a shared card")  # fmt: skip
     synth.set_defaults(func=run_synth)
 
     show = sub.add_parser("show", help="grid of augmented training samples + class histogram")
@@ -45,11 +57,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     import time
+    from dataclasses import replace
 
     from detector.data.synth import SynthSpec, make_synthetic_dataset
 
     start = time.perf_counter()
-    spec = SynthSpec.easy() if args.easy else SynthSpec()
+    spec = SynthSpec.easy() if args.easy else SynthSpec.demo() if args.demo else SynthSpec()
+    given = {"objects": args.objects, "object_size": args.object_size, "clutter": args.clutter,
+             "relative_min": args.relative_min, "num_classes": args.classes}  # fmt: skip
+    spec = replace(spec, **{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in given.items() if v is not None})  # fmt: skip
+    if args.lookalike:
+        spec = replace(spec, lookalike=True)
     path = make_synthetic_dataset(args.out, args.images, args.seed, spec, args.val_fraction)
     print(f"wrote {args.images} images in {time.perf_counter() - start:.1f} s; use --data {path}")
     return 0

@@ -5,6 +5,8 @@ sensor noise) and 0-20 objects of five classes that differ in shape and hue: cir
 rectangles (green), triangles (blue), rings (yellow) and crosses (magenta). Objects vary in size
 (8-300 px, never beyond 60 % of the image's short side), aspect, rotation and colour, may leave
 the frame, and overlap: a new object may hide at most ``max_occlusion`` of an earlier one.
+With ``lookalike`` every object is the same kind of pale card in any colour and its class is
+only the small dark symbol printed on it (fine-grained classes, as in issue 13's phone photos).
 Everything is drawn from ``numpy.random.default_rng([seed, i])``, so a seed gives the same files.
 """
 
@@ -36,6 +38,24 @@ class SynthSpec:
     max_occlusion: float = 0.4
     relative_min: float = 0.025  # smallest object, as a fraction of the image's short side
     clutter: int = 6  # at most this many grey clutter lines in the background
+    lookalike: bool = False  # classes differ only by a small symbol on a shared card
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.num_classes <= len(CLASS_NAMES),
+             f"num_classes must be 1-{len(CLASS_NAMES)}"),
+            (0 <= self.objects[0] <= self.objects[1],
+             "objects must be [min, max], 0 <= min <= max"),
+            (0 < self.object_size[0] <= self.object_size[1],
+             "object_size must be [min, max], 0 < min <= max"),
+            (0 < self.image_size[0] <= self.image_size[1],
+             "image_size must be [min, max], 0 < min <= max"),
+            (self.clutter >= 0, "clutter must be >= 0"),
+            (0 <= self.relative_min < 0.6, "relative_min must be in [0, 0.6)"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"synthetic data: {message}, got {self}")
 
     @classmethod
     def easy(cls) -> SynthSpec:
@@ -106,6 +126,24 @@ def _shape(
     return ("poly", pts), [*pts.min(0), *pts.max(0)]
 
 
+def _card(
+    rng: np.random.Generator, cx: float, cy: float, size: float
+) -> tuple[Geometry, list[float], float]:
+    """A slightly rotated, near-square card: (polygon, xyxy box, its shorter side)."""
+    angle = math.radians(rng.uniform(-20, 20))
+    w, h = size, size * rng.uniform(0.8, 1.25)
+    pts = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) / 2
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    pts = pts @ rot.T + (cx, cy)
+    return ("poly", pts), [*pts.min(0), *pts.max(0)], min(w, h)
+
+
+def _color(rng: np.random.Generator, hue: int, saturation: tuple[int, int],
+           value: tuple[int, int]) -> tuple[int, ...]:  # fmt: skip
+    hsv = np.uint8([[[hue % 180, rng.integers(*saturation), rng.integers(*value)]]])
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
 def _draw(
     image: np.ndarray, geometry: Geometry, cx: float, cy: float, color: tuple[int, ...]
 ) -> None:
@@ -153,7 +191,10 @@ def synth_image(
         for _attempt in range(20):
             size = math.exp(rng.uniform(math.log(lo), math.log(hi)))
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-            geometry, box = _shape(rng, cls, cx, cy, size)
+            if spec.lookalike:
+                geometry, box, side = _card(rng, cx, cy, size)
+            else:
+                geometry, box = _shape(rng, cls, cx, cy, size)
             box = np.clip(np.asarray(box, np.float32), 0, [width, height, width, height])
             sides = (box[2] - box[0], box[3] - box[1])
             if min(sides) < 0.5 * lo or max(sides) < spec.object_size[0]:
@@ -162,10 +203,14 @@ def synth_image(
                 break
         else:
             continue
-        hue = (CLASS_HUES[cls] + int(rng.integers(-8, 9))) % 180
-        hsv = np.uint8([[[hue, rng.integers(140, 256), rng.integers(140, 256)]]])
-        color = tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
-        _draw(image, geometry, cx, cy, color)
+        if spec.lookalike:  # a pale card of any hue, the class only in its dark symbol
+            _draw(image, geometry, cx, cy, _color(rng, int(rng.integers(180)), (30, 110),
+                                                  (170, 241)))  # fmt: skip
+            symbol, _ = _shape(rng, cls, cx, cy, 0.45 * side)
+            _draw(image, symbol, cx, cy, _color(rng, int(rng.integers(180)), (0, 80), (20, 81)))
+        else:
+            hue = CLASS_HUES[cls] + int(rng.integers(-8, 9))
+            _draw(image, geometry, cx, cy, _color(rng, hue, (140, 256), (140, 256)))
         boxes.append(box)
         labels.append(cls)
     noise = rng.integers(-6, 7, image.shape, dtype=np.int16)

@@ -75,3 +75,40 @@ def test_clutter_bounds_the_background_lines():
         return float(np.abs(np.diff(image, axis=1)).max())
 
     assert edges(busy) > 2 * edges(plain)
+
+
+def test_lookalike_objects_carry_their_class_only_in_the_symbol():
+    """Every object is a pale card; its centre is the dark symbol, except for the hollow ring."""
+    import cv2
+
+    spec = SynthSpec(image_size=(160, 200), object_size=(60, 90), objects=(1, 1), clutter=0,
+                     lookalike=True, relative_min=0.3)  # fmt: skip
+    seen = set()
+    for i in range(30):
+        image, boxes, labels = synth_image(np.random.default_rng([4, i]), spec)
+        (x0, y0, x1, y1), label = boxes[0], int(labels[0])
+        if min(x0, y0) <= 0 or x1 >= image.shape[1] or y1 >= image.shape[0]:
+            continue  # cut by the frame: the centre is not the card's
+        value = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)[..., 2]
+        centre = value[int((y0 + y1) / 2), int((x0 + x1) / 2)]
+        assert (centre > 150) if label == CLASS_NAMES.index("ring") else (centre < 110), label
+        seen.add(label)
+    assert len(seen) >= 4
+
+
+def test_synth_cli_options_and_bad_values(tmp_path: Path, capsys):
+    from detector.cli import main
+
+    out = tmp_path / "look"
+    args = ["--images", "6", "--lookalike", "--objects", "1", "3", "--classes", "3",
+            "--object-size", "30", "90", "--clutter", "0"]  # fmt: skip
+    assert main(["data", "synth", "--out", str(out), *args]) == 0
+    train = json.loads((out / "annotations/instances_train.json").read_text())
+    per_image: dict[int, int] = {}
+    for ann in train["annotations"]:
+        per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
+        assert ann["category_id"] in (1, 2, 3)
+    assert all(1 <= n <= 3 for n in per_image.values())
+    assert [c["name"] for c in train["categories"]] == list(CLASS_NAMES[:3])
+    assert main(["data", "synth", "--out", str(tmp_path / "bad"), "--classes", "9"]) == 2
+    assert "num_classes must be 1-5" in capsys.readouterr().err
