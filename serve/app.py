@@ -552,6 +552,9 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     app.state.server = state
     app.include_router(v1)
     app.include_router(ops)
+    from serve.v2 import v2_router  # the KServe v2 protocol; it builds on this module
+
+    app.include_router(v2_router(settings.name))
     install_error_handlers(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -94,6 +94,10 @@ class ServeSettings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (none by default)"
     )
+    name: str = Field(
+        "detector", pattern=r"^[A-Za-z0-9_.-]{1,128}$", description="the model's name in the "
+        "KServe v2 API (/v2/models/NAME); the default of 'detector export triton --name' too"
+    )  # fmt: skip
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     warmup: bool = Field(True, description="run the model once per batch size before ready")

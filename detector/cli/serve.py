@@ -17,6 +17,7 @@ from typing import Any
 SETTINGS_FLAGS = (
     "model", "backend", "device", "threads", "max_batch", "max_delay_ms", "queue_size",
     "timeout_s", "max_body_bytes", "max_pixels", "max_images", "decode_workers", "host", "port",
+    "name",
 )  # fmt: skip
 
 
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-body-bytes", type=int, help="largest body (default 20 MiB)")
     parser.add_argument("--max-pixels", type=int, help="largest image in pixels (default 40M)")
     parser.add_argument("--max-images", type=int, help="most images per batch request (32)")
+    parser.add_argument("--name", help="model name in the v2 API, /v2/models/NAME (detector)")
     parser.add_argument("--decode-workers", type=int, help="images decoded at once (the cores)")
     parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
                         help="accepted API key (repeatable; prefer DETECTOR_API_KEYS, which "
