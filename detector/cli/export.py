@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-GROUPS = ("export_onnx", "export_int8", "export_engine")
+GROUPS = ("export_onnx", "export_int8", "export_engine", "export_triton")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
