@@ -1,7 +1,8 @@
 """An exported model -> a Triton Inference Server model repository.
 
-``write_repository`` writes four models into ``REPO`` (``N`` = ``--name``, by default the
-model's own name, which our server's ``/v2/models/{name}`` answers to as well):
+``write_repository`` writes four models into ``REPO`` (``N`` = ``--name``, by default
+``detector``, the name our server's ``/v2/models/{name}`` answers to by default too, so one
+client works against both unchanged):
 
 ```
 REPO/N/config.pbtxt              ensemble: IMAGE (encoded bytes) -> num_dets, boxes, scores,
@@ -57,6 +58,7 @@ PLATFORMS = {
     ".plan": ("tensorrt_plan", "model.plan"),
 }
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+DEFAULT_NAME = "detector"  # serve.settings.ServeSettings.name's default (checked in tests)
 DEFAULT_MAX_BATCH = 8  # for a dynamic-batch ONNX (an engine's default is its profile's max)
 DEFAULT_QUEUE_DELAY_US = 100
 MAX_PIXELS = 40_000_000  # serve.settings.ServeSettings.max_pixels's default (checked in tests)
@@ -278,7 +280,7 @@ def write_repository(
     source = read_source(model)
     _validate(options, source)
     max_batch, notes = plan_batching(source, options)
-    name = options.name or source.metadata.model_name
+    name = options.name or DEFAULT_NAME
     if not _NAME.match(name):
         raise TritonExportError(
             f"--name {name!r}: a Triton model name must be letters, digits, '_', '.', '-' "

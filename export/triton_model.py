@@ -19,8 +19,10 @@ the code our server runs, imported, so the two cannot drift apart. The Triton co
 ``pip install "detector[serve]"`` (NumPy, OpenCV, Pillow; no PyTorch).
 
 Thresholds ``conf``, ``iou``, ``max_det`` come from the config's ``parameters`` and can be
-overridden per request by request parameters of the same names (numbers or numeric strings;
-Triton 23.10+ forwards an ensemble request's parameters to its steps).
+overridden per request by request parameters of the same names (numbers, or numeric strings for
+clients that can only send strings), as can ``classes`` (names or ids, comma-separated), the
+same parameters our server's ``/v2`` takes. Triton forwards an ensemble request's parameters
+to its steps since 23.10 (triton-inference-server/core#261).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import triton_python_backend_utils as pb_utils
 from detector.preprocess import boxes_to_original
 from serve.images import ImageError, decode_image
 from serve.metadata import INPUT_NAME, NMS_OUTPUTS, RAW_OUTPUT, ModelMetadata
-from serve.runtime import Detections, Predictor
+from serve.runtime import Detections, Predictor, UnknownClassError, resolve_classes
 from serve.v2_io import IMAGE_INPUT, detections_to_tensors
 
 LETTERBOX = "letterbox"
@@ -111,13 +113,13 @@ class TritonPythonModel:
 
     def postprocess(self, request: Any) -> dict[str, np.ndarray]:
         """The network's outputs + ``letterbox`` -> the padded v2 detection tensors."""
-        conf, iou, max_det = self.thresholds(request)
+        conf, iou, max_det, classes = self.thresholds(request)
         names = NMS_OUTPUTS if self.predictor.metadata.layout == "nms" else (RAW_OUTPUT,)
         outputs = {
             n: pb_utils.get_input_tensor_by_name(request, f"model_{n}").as_numpy() for n in names
         }
         letterbox = pb_utils.get_input_tensor_by_name(request, LETTERBOX).as_numpy()
-        raw = self.predictor.postprocess(outputs, conf=conf, iou=iou, max_det=max_det)
+        raw = self.predictor.postprocess(outputs, conf, iou, max_det, classes)
         detections = [
             Detections(boxes_to_original(r.boxes, float(ratio), (int(h), int(w))),
                        r.scores, r.classes)
@@ -125,8 +127,9 @@ class TritonPythonModel:
         ]  # fmt: skip
         return detections_to_tensors(detections, max_det)
 
-    def thresholds(self, request: Any) -> tuple[float, float, int]:
-        """``conf``, ``iou``, ``max_det``: the request's parameters over the config's."""
+    def thresholds(self, request: Any) -> tuple[float, float, int, list[int] | None]:
+        """``conf``, ``iou``, ``max_det`` (the request's parameters over the config's) and the
+        ``classes`` filter (names or ids, comma-separated, as ``/v1/detect?classes=``)."""
         text = request.parameters() if hasattr(request, "parameters") else "{}"
         given = json.loads(text or "{}")
         values = dict(self.defaults)
@@ -151,4 +154,15 @@ class TritonPythonModel:
             raise RequestError(f"conf and iou must be in 0..1, got conf={conf}, iou={iou}")
         if not 1 <= max_det <= self.max_det_limit:
             raise RequestError(f"max_det must be 1..{self.max_det_limit}, got {max_det}")
-        return conf, iou, max_det
+        wanted = given.get("classes")
+        if wanted is not None and not isinstance(wanted, str):
+            raise RequestError(
+                "request parameter classes: a string of names or ids, comma-separated"
+            )
+        try:
+            classes = resolve_classes(
+                [wanted] if wanted else None, self.predictor.metadata.class_names
+            )
+        except UnknownClassError as exc:
+            raise RequestError(f"request parameter classes: {exc}") from exc
+        return conf, iou, max_det, classes

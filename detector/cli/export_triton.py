@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="M.onnx, or M.engine with M.engine.json")
     parser.add_argument("--out", required=True, help="model repository folder (created)")
-    parser.add_argument("--name", help="ensemble name clients call (default: the model's name)")
+    parser.add_argument(
+        "--name", help="ensemble name clients call (default detector, as detector serve --name)"
+    )
     parser.add_argument(
         "--max-batch",
         type=int,
