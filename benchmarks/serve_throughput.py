@@ -122,13 +122,14 @@ def bare_model(model: Path, image: np.ndarray, max_batch: int, runs: int) -> dic
 
 class Server:
     def __init__(self, model: Path, folder: Path, *flags: str) -> None:
-        self.log = folder / f"server_{int(time.time() * 1000)}.log"
+        stem = folder / f"server_{int(time.time() * 1000)}"
+        self.log, self.access_log = stem.with_suffix(".log"), stem.with_suffix(".access.jsonl")
         env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
-        with open(self.log, "w") as log:
+        with open(self.log, "w") as log, open(self.access_log, "w") as access:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "detector", "serve", "--model", str(model),
                  "--port", "0", *flags],
-                stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT,
+                stdout=access, stderr=log, env=env, cwd=ROOT,
             )  # fmt: skip
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:

@@ -33,7 +33,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from detector.preprocess import boxes_to_original
 from detector.visualize import draw_boxes
-from serve.batching import BatcherClosed, BatchResult, DeadlineExceeded, DynamicBatcher, QueueFull
+from serve.batching import (
+    BatcherClosed,
+    BatchResult,
+    DeadlineExceeded,
+    DynamicBatcher,
+    QueueFull,
+    Reservation,
+)
 from serve.http_metrics import Metrics
 from serve.http_middleware import (
     AdmissionMiddleware,
@@ -87,14 +94,18 @@ class ServerState:
     decode_slots: asyncio.Semaphore | None = None
     ready: bool = False
 
-    def refusal(self) -> str | None:
-        """Why a new inference request would be refused now (queue full), else ``None``."""
+    def admit(self) -> Reservation | str | None:
+        """A place in the queue held for a new inference request, or why it is refused now
+        (queue full); ``None`` before the model is loaded (the route answers 503 itself)."""
         batcher = self.batcher
-        if batcher is not None and batcher.depth >= batcher.queue_size:
+        if batcher is None:
+            return None
+        reservation = batcher.reserve()
+        if reservation is None:
             self.metrics.rejected.labels("queue_full").inc()
-            return (f"the server is at capacity ({batcher.depth} images are already waiting "
+            return (f"the server is at capacity ({batcher.pending} requests are already waiting "
                     "for inference); retry shortly")  # fmt: skip
-        return None
+        return reservation
 
 
 # ---------------------------------------------------------------------------- model lifecycle
@@ -562,10 +573,10 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])  # fmt: skip
     # the last added is the outermost: request ids -> body limit -> admission -> routes
-    app.add_middleware(AdmissionMiddleware, paths=INFERENCE_PATHS, refusal=state.refusal,
+    app.add_middleware(AdmissionMiddleware, paths=INFERENCE_PATHS, admit=state.admit,
                        retry_after_s=RETRY_AFTER_S)  # fmt: skip
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    paths = frozenset(getattr(route, "path", "") for route in app.routes)
+    paths = frozenset(app.openapi()["paths"])  # the routes; FastAPI 0.165 nests included ones
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, paths=paths)  # outermost
     return app
 

@@ -15,6 +15,13 @@ is refused at once (:class:`QueueFull`, the server's 503), and one whose deadlin
 :class:`DeadlineExceeded` (504) instead of an answer nobody waits for any more. Requests that
 expire or are abandoned before their batch starts are dropped without running.
 
+A request that is still being read and decoded is waiting for inference too: the server
+*reserves* its place (:meth:`DynamicBatcher.reserve`) when it arrives, before its body is read,
+and refuses it then if the queue plus the reservations are full. Without that, every request
+that arrived while the queue had room was read and decoded first and only refused on submit,
+behind the decoding of all the others (seconds under 64 clients). The reservation is held for
+the request's task (:func:`holding`) and becomes its place in the queue on submit.
+
 A batch is a stack of independent images: the network's rows do not interact, so a request's
 outputs are the same alone and inside a batch (up to float rounding of the kernels).
 """
@@ -25,8 +32,10 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +67,38 @@ class BatchResult:
     batch_size: int  # how many images ran together
     queue_s: float  # time from submit to the start of its batch
     inference_s: float  # the network time of the whole batch
+
+
+class Reservation:
+    """A place in a batcher's queue held for one request from its arrival until its images are
+    queued (:meth:`DynamicBatcher.submit_many` takes it over) or it ends without them."""
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self.batcher = batcher
+        self.held = True
+
+    def release(self) -> None:
+        """Give the place back (idempotent)."""
+        if self.held:
+            self.held = False
+            self.batcher._reserved -= 1
+
+
+# the reservation of the request whose task is running (set by ``holding``)
+_current: ContextVar[Reservation | None] = ContextVar("batcher_reservation", default=None)
+
+
+@contextmanager
+def holding(reservation: Reservation) -> Iterator[Reservation]:
+    """Hold ``reservation`` for the code inside (one request's handling, in its task): a
+    ``submit_many`` there uses the reserved place instead of asking for one; whatever is left of
+    the reservation is released on exit."""
+    token = _current.set(reservation)
+    try:
+        yield reservation
+    finally:
+        _current.reset(token)
+        reservation.release()
 
 
 @dataclass
@@ -100,6 +141,7 @@ class DynamicBatcher:
         self.queue_size = queue_size
         self.observer = observer
         self._waiting: deque[_Item] = deque()
+        self._reserved = 0  # places held by admitted requests not yet queued
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -108,6 +150,19 @@ class DynamicBatcher:
     def depth(self) -> int:
         """Requests waiting for their batch to start."""
         return len(self._waiting)
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for inference: queued, or admitted and still being read/decoded."""
+        return len(self._waiting) + self._reserved
+
+    def reserve(self) -> Reservation | None:
+        """Hold a place for a request that has just arrived, or ``None`` when ``queue_size``
+        requests are already pending (refuse it: nothing of it needs to be read)."""
+        if self.pending >= self.queue_size:
+            return None
+        self._reserved += 1
+        return Reservation(self)
 
     @property
     def running(self) -> bool:
@@ -154,12 +209,18 @@ class DynamicBatcher:
 
     async def submit_many(self, images: list[np.ndarray], deadline: float) -> list[BatchResult]:
         """Queue several images of one request together (admitted or refused as a whole: a
-        request is admitted while fewer than ``queue_size`` requests' images wait) and wait for
-        all of them."""
+        request is admitted while fewer than ``queue_size`` requests are pending, or when it
+        holds a :class:`Reservation` of this batcher) and wait for all of them."""
         if not self.running or self._wakeup is None:
             raise BatcherClosed("the model is not loaded (starting up or shutting down)")
-        if len(self._waiting) >= self.queue_size:
-            raise QueueFull(f"{len(self._waiting)} images are already waiting for inference")
+        reservation = _current.get()
+        if reservation is not None and reservation.batcher is self and reservation.held:
+            reservation.release()  # its place is taken by the images queued now
+        elif self.pending >= self.queue_size:
+            raise QueueFull(
+                f"{len(self._waiting)} images are already waiting for inference and "
+                f"{self._reserved} requests are being read"
+            )
         loop = asyncio.get_running_loop()
         items = [_Item(image, deadline, loop.create_future()) for image in images]
         self._waiting.extend(items)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from serve.batching import Reservation, holding
 from serve.http_metrics import Metrics
 
 Scope = MutableMapping[str, Any]
@@ -110,28 +111,36 @@ class BodyLimitMiddleware:
 
 
 class AdmissionMiddleware:
-    """Refuse inference requests with 503 + Retry-After while the batcher's queue is full,
-    before their body is read: under overload a refusal costs next to nothing. The connection
-    stays open (no ``Connection: close``): uvicorn discards the rest of the body after the
-    answer, so clients that send the whole body before reading get the 503, not a reset.
-    (The queue enforces its bound again on submit; this is the cheap early answer.)"""
+    """Refuse inference requests with 503 + Retry-After while the batcher has no room, before
+    their body is read: under overload a refusal costs next to nothing. ``admit()`` returns the
+    refusal message, or a :class:`~serve.batching.Reservation` (a place in the queue held for
+    the request while its body is read and decoded, released when it is queued or ends), or
+    ``None`` (admit; e.g. before the model is loaded, when the route answers for itself).
+
+    The connection stays open (no ``Connection: close``): uvicorn discards the rest of the body
+    after the answer, so clients that send the whole body before reading get the 503, not a
+    reset. (The queue enforces its bound again on submit for requests without a reservation.)"""
 
     def __init__(
-        self, app: ASGIApp, paths: tuple[str, ...], refusal: Callable[[], str | None],
-        retry_after_s: int = 1,
+        self, app: ASGIApp, paths: tuple[str, ...],
+        admit: Callable[[], Reservation | str | None], retry_after_s: int = 1,
     ) -> None:  # fmt: skip
         self.app = app
         self.paths = paths
-        self.refusal = refusal
+        self.admit = admit
         self.retry_after = str(retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            message = self.refusal()
-            if message is not None:
+            outcome = self.admit()
+            if isinstance(outcome, str):
                 request_id = scope.get("state", {}).get("request_id")
-                body = error_body("overloaded", message, request_id)
+                body = error_body("overloaded", outcome, request_id)
                 await send_json(send, 503, body, [(b"retry-after", self.retry_after)])
+                return
+            if outcome is not None:
+                with holding(outcome):
+                    await self.app(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

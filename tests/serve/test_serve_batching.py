@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from serve.batching import BatcherClosed, DeadlineExceeded, DynamicBatcher, QueueFull
+from serve.batching import BatcherClosed, DeadlineExceeded, DynamicBatcher, QueueFull, holding
 from serve.runtime import Predictor
 
 
@@ -103,6 +103,41 @@ def test_full_queue_refuses_at_once_and_recovers():
 
     asyncio.run(main())
     assert gate.sizes == [1, 1, 1, 1]
+
+
+def test_reservations_count_as_waiting_and_become_queue_places():
+    """Requests still being read hold places: with 2 reserved the queue of 2 is full for the
+    next arrival; a holder's submit uses its place; a released place is free again."""
+    gate = Gate()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(gate, max_batch=1, max_delay_s=0, queue_size=2)
+        await batcher.start()
+        far = asyncio.get_running_loop().time() + 30
+        first, second = batcher.reserve(), batcher.reserve()
+        assert first is not None and second is not None and batcher.pending == 2
+        assert batcher.reserve() is None  # full: refused before anything is read
+        with pytest.raises(QueueFull):
+            await batcher.submit(image(9), far)  # without a reservation: no room either
+
+        async def holder(reservation, value: float):
+            with holding(reservation):
+                await asyncio.sleep(0.01)  # "reading and decoding"
+                return await batcher.submit(image(value), far)
+
+        tasks = [asyncio.create_task(holder(r, v)) for r, v in ((first, 1), (second, 2))]
+        await asyncio.sleep(0.1)
+        assert batcher.pending == batcher.depth == 1  # one running, one queued, none reserved
+        gate.open.set()
+        assert [float((await t).outputs["output"][0, 0]) for t in tasks] == [2.0, 4.0]
+        assert batcher.pending == 0
+        third = batcher.reserve()
+        with holding(third):  # ends without submitting (e.g. a corrupt upload): place returned
+            assert batcher.pending == 1
+        assert batcher.pending == 0 and not third.held
+        await batcher.stop()
+
+    asyncio.run(main())
 
 
 def test_without_delay_requests_arriving_during_a_run_form_the_next_batch():
