@@ -4,19 +4,17 @@ Seven steps, each timed: generate a dataset (``SynthSpec.demo()``), train yolox_
 it (the COCO table), export ONNX and INT8 ONNX (with its accuracy report; on a GPU with
 TensorRT also an engine), serve the model with ``detector serve`` in a child process and send
 the sample images over HTTP, print the detections and write annotated images, then measure the
-network latency per backend and print a summary. The server is stopped (SIGTERM, then SIGKILL)
-even when a step fails. Sized to train in about 10 minutes on a 2-core CPU
-(benchmarks/demo_accuracy.md).
+serving-path latency per backend (``serve.bench``) and print a summary. The server is
+stopped (SIGTERM, then SIGKILL) even when a step fails. Sized to train in about 10 minutes on a
+2-core CPU (benchmarks/demo_accuracy.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,18 +69,6 @@ def _mb(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.2f} MB"
 
 
-def _median_ms(fn: Callable[[], Any], runs: int, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` over ``runs`` calls after ``warmup`` calls, milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(runs, 1)):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     out = Path(args.out)
@@ -105,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
         answers = _serve_and_query(out, serve_model, serve_args, samples, summary)
     with _step(6, "detections: per image, annotated images", timings):
         _print_detections(answers)
-    with _step(7, "latency: network per backend and precision", timings):
-        _latency(args, weights, exported, samples[0], summary)
+    with _step(7, "latency: serving path per backend and precision", timings):
+        _latency(args, weights, exported, samples, summary)
     summary["total_s"] = time.perf_counter() - started
     _print_summary(summary, timings, out)
     return 0
@@ -281,50 +267,35 @@ def _print_detections(answers: list[tuple[Path, dict[str, Any], Path]]) -> None:
 
 
 def _latency(
-    args: argparse.Namespace, weights: Path, exported: dict[str, Any], sample: Path, summary: dict
+    args: argparse.Namespace,
+    weights: Path,
+    exported: dict[str, Any],
+    samples: list[Path],
+    summary: dict,
 ) -> None:
-    """Median network time of one image (batch 1, letterboxed) per backend and precision."""
+    """Median times of the serving path (``serve.bench``: pre-processing, network, post-
+    processing) per backend and precision, batch 1, over the sample images."""
     import cv2
-    import torch
 
-    from detector.engine.distributed import resolve_device
-    from detector.models import model_from_checkpoint
-    from serve.runtime import Predictor
+    from serve.bench import Target, run_benchmark
 
-    image = cv2.imread(str(sample))
-    rows = summary["latency"]
-    device = resolve_device(args.device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(cores or 1)  # as ONNX Runtime (training may have set 1)
-    model, _ = model_from_checkpoint(weights)
-    model = model.to(device).eval()
-    predictor = Predictor.from_path(exported["onnx"])
-    batch, _ = predictor.prepare([image])
-    tensor = torch.from_numpy(batch).to(device)
-
-    def torch_run() -> None:
-        with torch.inference_mode():
-            model(tensor)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    rows.append(("torch", "fp32", device.type, weights, _median_ms(torch_run, args.runs)))
-    for key, precision in (("onnx", "fp32"), ("int8", "int8"), ("engine", "")):
-        if key not in exported:
-            continue
-        runner = predictor if key == "onnx" else Predictor.from_path(exported[key])
-        try:
-            name = runner.backend.name
-            label = precision or runner.metadata.precision
-            where = (getattr(runner.backend, "providers", None) or ["gpu"])[0]
-            ms = _median_ms(lambda runner=runner: runner.run(batch), args.runs)
-            rows.append((name, label, where, exported[key], ms))
-        finally:
-            if runner is not predictor:
-                runner.close()
-    predictor.close()
-    for name, precision, where, path, ms in rows:
-        print(f"{name:<12} {precision:<5} {where:<24} {ms:8.2f} ms  ({path.name})")
+    # threads: each backend's default here (torch keeps the training's CPU plan, 1 thread on
+    # 2 cores: 2 threads run >50x slower beside a busy process, benchmarks/cpu_defaults.md)
+    targets = [
+        Target(weights, "torch", {"device": args.device}),
+        Target(exported["onnx"], "onnxruntime"),
+        Target(exported["int8"], "onnxruntime"),
+    ]
+    if "engine" in exported:
+        targets.append(Target(exported["engine"], "tensorrt"))
+    images = [cv2.imread(str(path)) for path in samples]
+    rows = run_benchmark(targets, [1], images, "demo val samples", args.runs, warmup=3)
+    for target, row in zip(targets, rows):
+        row["path"] = target.path
+        summary["latency"].append(row)
+        print(f"{row['backend']:<12} {row['precision']:<5} {row['device']:<8} network "
+              f"{row['infer_p50_ms']:7.2f} ms, whole path {row['total_p50_ms']:7.2f} ms  "
+              f"({target.path.name})")  # fmt: skip
 
 
 def _print_summary(summary: dict, timings: dict[str, float], out: Path) -> None:
@@ -336,10 +307,14 @@ def _print_summary(summary: dict, timings: dict[str, float], out: Path) -> None:
             f"INT8 ONNX        {int8['int8_map']:.3f}   mAP@0.5 {int8['int8_map50']:.3f}   "
             f"(float ONNX {int8['float_map']:.3f} / {int8['float_map50']:.3f})"
         )
-    print(f"\n{'backend':<12} {'prec.':<5} {'device':<24} {'latency':>11}  {'file size':>9}  file")
-    for name, precision, where, path, ms in summary["latency"]:
-        print(f"{name:<12} {precision:<5} {where:<24} {ms:8.2f} ms  {_mb(path):>9}  {path}")
-    print("latency: median network time, batch 1, one letterboxed image")
+    print(f"\n{'backend':<12} {'prec.':<5} {'device':<8} {'network':>10} {'whole path':>11} "
+          f"{'file size':>10}  file")  # fmt: skip
+    for row in summary["latency"]:
+        size = _mb(row["path"])
+        print(f"{row['backend']:<12} {row['precision']:<5} {row['device']:<8} "
+              f"{row['infer_p50_ms']:7.2f} ms {row['total_p50_ms']:8.2f} ms {size:>10}  "
+              f"{row['path']}")  # fmt: skip
+    print("latency: medians, batch 1 (serve.bench); whole path = letterbox + network + NMS")
     if summary.get("engine_skipped"):
         print(f"TensorRT: skipped ({summary['engine_skipped']})")
     print("\nsteps: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
