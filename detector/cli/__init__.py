@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "export": "export",
     "serve": "serve",
+    "bench": "bench",
     "demo": "demo",
 }
 
