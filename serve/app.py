@@ -63,6 +63,7 @@ from serve.http_schemas import (
 from serve.images import ImageError, decode_image
 from serve.runtime import Predictor, UnknownClassError, backend_for, resolve_classes
 from serve.settings import ServeSettings
+from serve.web import router as web_router
 
 logger = logging.getLogger(__name__)
 
@@ -566,6 +567,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     from serve.v2 import v2_router  # the KServe v2 protocol; it builds on this module
 
     app.include_router(v2_router(settings.name))
+    app.include_router(web_router)
     install_error_handlers(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
