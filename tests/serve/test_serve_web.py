@@ -278,7 +278,19 @@ def test_a_text_file_shows_a_readable_error(server, page):
     assert json.loads(page.locator("#json").text_content())["error"] == "unsupported_media_type"
     assert page.locator("#detections").get_attribute("data-count") == "0"
 
-    page.set_input_files("#file", IMAGE)  # and the page recovers
+    # and the page recovers: an image dropped on the drop zone (a real drop event carrying
+    # the file, as a drag from the desktop delivers it)
+    data = base64.b64encode(IMAGE.read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """([data, name]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+            return transfer;
+        }""",
+        [data, IMAGE.name],
+    )
+    page.locator("#drop").dispatch_event("drop", {"dataTransfer": transfer})
     wait_done(page)
     assert not error.is_visible()
     assert len(drawn(page)) == len(api(server, 0.25)["detections"])
