@@ -10,6 +10,7 @@ import base64
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -375,3 +376,24 @@ def test_not_ready_and_api_keys_in_process(serve_onnx):
                             headers={**headers, "X-API-Key": "k1"})  # fmt: skip
         assert keyed.status_code == 200, keyed.text
         assert client.get("/v2/models/detector").status_code == 404  # the name is the setting's
+
+
+def test_deadline_504_and_full_queue_503_in_process(serve_onnx):
+    """The /v2 route shares the dynamic batcher: a batch that waits 3 s for company passes a
+    0.2 s deadline (504); with a queue of one, a second request while the first waits is 503."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    content, headers = binary_request([encode(noise(64, 64, 3))])
+    late = ServeSettings(model=serve_onnx, threads=1, timeout_s=0.2, max_delay_ms=3000)
+    with TestClient(create_app(late)) as client:
+        response = client.post(INFER, content=content, headers=headers)
+        assert response.status_code == 504 and response.json()["code"] == "deadline_exceeded"
+        assert "0.2 s" in response.json()["error"]
+    full = ServeSettings(model=serve_onnx, threads=1, queue_size=1, max_delay_ms=1500)
+    with TestClient(create_app(full)) as client, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(client.post, INFER, content=content, headers=headers)
+        time.sleep(0.5)  # the first waits 1.5 s in the queue for company
+        second = client.post(INFER, content=content, headers=headers)
+        assert second.status_code == 503 and second.json()["code"] == "overloaded"
+        assert second.headers["retry-after"] == "1"
+        assert first.result().status_code == 200
