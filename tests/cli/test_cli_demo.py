@@ -84,3 +84,21 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path):
         with server:
             pass
     assert server.process is not None and server.process.poll() is not None
+
+
+def test_a_stale_generated_dataset_is_made_again_and_a_foreign_one_refused(tmp_path: Path):
+    """An older demo's data (other settings) is regenerated; data the demo did not write stays."""
+    from detector.cli.demo import _data
+    from detector.data.synth import SynthSpec, make_synthetic_dataset, synth_header
+
+    make_synthetic_dataset(tmp_path / "data", images=3, spec=SynthSpec(image_size=(64, 64)))
+    path = _data(tmp_path, 4)
+    assert path.read_text().splitlines()[0] + "\n" == synth_header(4, 0, SynthSpec.demo())
+    assert len(list((tmp_path / "data/images").glob("*.jpg"))) == 4
+    assert _data(tmp_path, 4) == path  # same settings: reused
+    foreign = tmp_path / "mine"
+    (foreign / "data").mkdir(parents=True)
+    (foreign / "data/data.yaml").write_text("format: coco\n")
+    with pytest.raises(ValueError, match="not a dataset the demo generated"):
+        _data(foreign, 4)
+    assert (foreign / "data/data.yaml").is_file()
