@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,onnx,serve]"
+	$(BIN)/python -m pip install --quiet -e ".[train,serve,dev]"
 	# type stubs for the TensorRT engine code (tests/export type-check it); --no-deps because
 	# they declare tensorrt itself, whose wheels only NVIDIA's own index serves
 	$(BIN)/python -m pip install --quiet --no-deps "tensorrt-stubs>=10.13"

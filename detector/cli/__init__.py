@@ -3,6 +3,11 @@
 Each module in ``COMMANDS`` defines ``register(subparsers)``, which adds its sub-parser and sets
 ``func`` (called with the parsed namespace, returning an exit code). Modules are imported only
 when their command is asked for, so ``detector info`` does not pay for the training stack.
+
+The serving install (``pip install "detector[serve]"``) has no PyTorch: a command that needs a
+package of another extra stops with one line naming the extra to install (exit status 2), and
+the commands that need none of them (``serve``, ``predict`` and ``bench`` on ONNX/TensorRT
+models, ``export engine``) run as usual.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -29,6 +35,45 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
 }
 
+# top-level module of an optional package -> (what to call it, the extra that installs it)
+OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
+    "torch": ("PyTorch", "train"),
+    "torchvision": ("PyTorch (torchvision)", "train"),
+    "pycocotools": ("pycocotools", "train"),
+    "matplotlib": ("matplotlib", "train"),
+    "tqdm": ("tqdm", "train"),
+    "onnxslim": ("onnxslim", "train"),
+    "onnx": ("onnx", "train"),
+    "onnxruntime": ("ONNX Runtime", "serve"),
+    "fastapi": ("FastAPI", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "multipart": ("python-multipart", "serve"),
+    "python_multipart": ("python-multipart", "serve"),
+    "pydantic_settings": ("pydantic-settings", "serve"),
+    "prometheus_client": ("prometheus-client", "serve"),
+    "tensorrt": ("TensorRT", "gpu"),
+    "cuda": ("cuda-python", "gpu"),
+}
+# commands whose optional packages come from another extra than the module's usual one
+COMMAND_EXTRAS: dict[str, str] = {"export engine": "gpu"}
+
+
+class MissingExtra(Exception):
+    """A command needs a package that belongs to an extra which is not installed."""
+
+    def __init__(self, command: str, module: str) -> None:
+        what, extra = OPTIONAL_MODULES[module]
+        extra = COMMAND_EXTRAS.get(command, extra)
+        if extra == "train" and importlib.util.find_spec("torch") is None:
+            what = "PyTorch"  # the one to name when the whole training stack is missing
+        super().__init__(f"'detector {command}' needs {what}: pip install \"detector[{extra}]\"")
+
+
+def missing_module(exc: ModuleNotFoundError) -> str | None:
+    """The optional package whose absence raised ``exc``, or None for any other module."""
+    top = (exc.name or "").split(".")[0]
+    return top if top in OPTIONAL_MODULES else None
+
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or (``only``) one with just that command's sub-parser registered."""
@@ -46,11 +91,42 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(f"detector.cli.{module}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"detector.cli.{module}":
+            if exc.name == f"detector.cli.{module}":
+                continue  # command not built yet
+            if missing_module(exc) is None:
                 raise
-            continue  # command not built yet
+            _register_unavailable(subparsers, name, MissingExtra(name, missing_module(exc)))
+            continue
         mod.register(subparsers)
     return parser
+
+
+def _register_unavailable(
+    subparsers: argparse._SubParsersAction, name: str, reason: MissingExtra
+) -> None:
+    """A stand-in sub-parser that takes any arguments and reports what to install."""
+    parser = subparsers.add_parser(name, help=f"(unavailable: {reason})", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def unavailable(args: argparse.Namespace) -> int:
+        raise reason
+
+    parser.set_defaults(func=unavailable)
+
+
+def command_label(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+    """The command as typed, sub-command included: ``train``, ``export onnx``, ``data show``."""
+    words = [a for a in argv if not a.startswith("-")]
+    label: list[str] = []
+    while words:
+        choices = next(
+            (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
+        )
+        if words[0] not in choices:
+            break
+        label.append(words[0])
+        parser = choices[words.pop(0)]
+    return " ".join(label)
 
 
 def package_version() -> str:
@@ -75,7 +151,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except ModuleNotFoundError as exc:
+            module = missing_module(exc)
+            if module is None or args.verbose:
+                raise
+            raise MissingExtra(command_label(parser, argv), module) from exc
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,11 +12,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
 from detector.boxes import cxcywh_to_xyxy
-
-EVAL_CONF = 0.01  # YOLOX's test_conf for mAP evaluation
-PREDICT_CONF = 0.25  # a sensible threshold for showing or serving detections
-NMS_IOU = 0.65  # YOLOX's nmsthre
-MAX_DET = 300
+from detector.defaults import EVAL_CONF, MAX_DET, NMS_IOU
 
 
 def postprocess(
