@@ -43,26 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STARTED = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 BOUNDARY = "benchboundary7f3a"
 
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"
-local file = io.open("%(body)s", "rb")
-wrk.body = file:read("*a")
-file:close()
-local quota = %(quota)d
-local answered = 0
--- wrk runs for its -d duration even after thread:stop(); a SIGINT to itself ends the run
--- (its handler stops the clock and prints the report) once the quota is answered
-local ffi = require("ffi")
-ffi.cdef("int kill(int pid, int sig); int getpid(void);")
-function response(status, headers, body)
-  answered = answered + 1
-  if quota > 0 and answered == quota then
-    wrk.thread:stop()
-    ffi.C.kill(ffi.C.getpid(), 2)
-  end
-end
-"""
+WRK_SCRIPT = Path(__file__).with_name("serve_throughput_wrk.lua")  # POSTs the body file
 
 
 def export_model(folder: Path, imgsz: int) -> Path:
@@ -121,14 +102,18 @@ def bare_model(model: Path, image: np.ndarray, max_batch: int, runs: int) -> dic
 
 
 class Server:
-    def __init__(self, model: Path, folder: Path, *flags: str) -> None:
+    """``detector serve`` on 127.0.0.1 (a free port); ``prelude``: Python run in the server
+    process before the CLI (e.g. to try a backend option that has no flag)."""
+
+    def __init__(self, model: Path, folder: Path, *flags: str, prelude: str = "") -> None:
         stem = folder / f"server_{int(time.time() * 1000)}"
         self.log, self.access_log = stem.with_suffix(".log"), stem.with_suffix(".access.jsonl")
         env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
         with open(self.log, "w") as log, open(self.access_log, "w") as access:
+            cli = f"{prelude}\nimport sys\nfrom detector.cli import main\nsys.exit(main())"
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "detector", "serve", "--model", str(model),
-                 "--port", "0", *flags],
+                [sys.executable, "-c", cli, "serve", "--model", str(model), "--port", "0",
+                 *flags],
                 stdout=access, stderr=log, env=env, cwd=ROOT,
             )  # fmt: skip
         deadline = time.monotonic() + 300
@@ -147,6 +132,18 @@ class Server:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
+    def request_counts(self) -> dict[str, float]:
+        """The server's own count of ``/v1/detect`` answers by status (``/metrics``)."""
+        import httpx
+
+        text = httpx.get(f"{self.url}/metrics", trust_env=False, timeout=30).text
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("detector_http_requests_total{") and '"/v1/detect"' in line:
+                status = line.split('status="')[1].split('"')[0]
+                counts[status] = counts.get(status, 0) + float(line.split()[-1])
+        return counts
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -159,17 +156,17 @@ class Server:
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
-def wrk(url: str, script: Path, connections: int, requests_per_connection: int) -> dict:
-    """Run wrk (one thread) until each connection's share of requests is answered."""
+def wrk(
+    url: str, body: Path, connections: int, requests_per_connection: int, max_s: int = 3600
+) -> dict:
+    """Run wrk (one thread) until ``connections x requests_per_connection`` requests are
+    answered (or ``max_s`` passed); ``body``: the multipart body file."""
     total = connections * requests_per_connection
-    body = script.with_suffix(".body")
-    text = WRK_SCRIPT % {"boundary": BOUNDARY, "body": body, "quota": total}
-    lua = script.with_name(f"wrk_{connections}_{total}.lua")
-    lua.write_text(text)
+    env = {**os.environ, "WRK_BODY": str(body), "WRK_BOUNDARY": BOUNDARY, "WRK_QUOTA": str(total)}
     result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", "-d600s", "--timeout", "30s", "--latency",
-         "-s", str(lua), f"{url}/v1/detect"],
-        capture_output=True, text=True, timeout=660,
+        ["wrk", "-t1", f"-c{connections}", f"-d{max_s}s", "--timeout", "30s", "--latency",
+         "-s", str(WRK_SCRIPT), f"{url}/v1/detect"],
+        capture_output=True, text=True, timeout=max_s + 60, env=env,
     )  # fmt: skip
     out = result.stdout
     latency = {}
@@ -218,8 +215,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     image = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), np.uint8), (0, 0), 3)
     jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-    script = work / "request.lua"
-    script.with_suffix(".body").write_bytes(multipart(jpeg))
+    body = work / "request.body"
+    body.write_bytes(multipart(jpeg))
 
     report: dict = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                                 "load_avg": os.getloadavg(), "python": platform.python_version()},
@@ -233,8 +230,8 @@ def main() -> int:
         server = Server(model, work, "--queue-size", "256", *flags)
         try:
             for connections in (1, 4, 16):
-                wrk(server.url, script, connections, 3)  # warm the connections
-                point = wrk(server.url, script, connections, args.sweep_requests)
+                wrk(server.url, body, connections, 3)  # warm the connections
+                point = wrk(server.url, body, connections, args.sweep_requests)
                 point["mode"] = mode
                 report["sweep"].append(point)
                 print(f"{mode:12s} c={connections:2d}: {point['requests_per_s']:7.1f} req/s, "
@@ -242,8 +239,9 @@ def main() -> int:
                       f"ms, non-2xx {point['non_2xx']}", flush=True)  # fmt: skip
             if mode == "batching":
                 rss_before = server.rss_mb()
-                load = wrk(server.url, script, 16, args.requests)
-                load.update(rss_before_mb=rss_before, rss_after_mb=server.rss_mb())
+                load = wrk(server.url, body, 16, args.requests)
+                load.update(rss_before_mb=rss_before, rss_after_mb=server.rss_mb(),
+                            server_counts=server.request_counts())  # fmt: skip
                 report["load"] = load
                 print(f"load 16 x {args.requests}: {json.dumps(load)}", flush=True)
         finally:
