@@ -11,7 +11,11 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -471,3 +475,111 @@ def test_bad_inputs_exit_2_naming_the_problem(models, tmp_path, capsys):
     assert export_triton(models["raw"], tmp_path / "r", "--name", "../up") == 2
     assert "--name" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+# ---- opt-in: a real Triton server -------------------------------------------------------------
+
+TRITON_HOME = os.environ.get("DETECTOR_TRITONSERVER")  # a folder with bin/tritonserver, backends/
+STUB_PATH = os.environ.get("DETECTOR_TRITON_STUB_CWD")  # where the Python stub finds our packages
+ORT_STAND_IN = '''"""Test stand-in for the onnxruntime backend (absent from this Triton build):
+the network run with ONNX Runtime in a Python-backend model, same config I/O, same model.onnx."""
+import os
+
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, self.input).as_numpy()
+            values = self.session.run(self.outputs, {self.input: images})
+            tensors = [pb_utils.Tensor(n, v) for n, v in zip(self.outputs, values)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(
+    not (TRITON_HOME and STUB_PATH),
+    reason="needs a Triton server build: set DETECTOR_TRITONSERVER (bin/tritonserver, backends/) "
+    "and DETECTOR_TRITON_STUB_CWD (see export/TRITON.md, 'Checked against a real Triton')",
+)
+@pytest.mark.parametrize("layout", ["raw", "nms", "fixed"])
+def test_real_triton_server_serves_the_repository(layout, models, image_bytes, tmp_path):
+    """tritonserver loads the repository and tests/serve/v2_client.py (the client our server's
+    /v2 tests use) gets the runtime's detections from it, request parameters and errors too."""
+    sys.path.insert(0, str(ROOT / "tests" / "serve"))
+    from tritonclient.utils import InferenceServerException
+    from v2_client import detect_v2
+
+    home, repo = Path(TRITON_HOME), tmp_path / "repo"
+    assert export_triton(models[layout], repo) == 0
+    network = repo / "detector_model"
+    if not (home / "backends" / "onnxruntime").is_dir():
+        (network / "1" / "model.py").write_text(ORT_STAND_IN)
+        config = (network / "config.pbtxt").read_text()
+        config = config.replace('platform: "onnxruntime_onnx"', 'backend: "python"')
+        (network / "config.pbtxt").write_text(config.replace("KIND_GPU", "KIND_CPU"))
+    port = free_port()
+    command = [str(home / "bin" / "tritonserver"), f"--model-repository={repo}",
+               f"--backend-directory={home / 'backends'}", f"--http-port={port}",
+               f"--grpc-port={free_port()}", "--allow-metrics=false",
+               "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]  # fmt: skip
+    log = (tmp_path / "triton.log").open("w")
+    server = subprocess.Popen(command, cwd=STUB_PATH, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"127.0.0.1:{port}"
+        wait_ready(url, server, tmp_path / "triton.log")
+        count = 1 if layout == "fixed" else 2  # a fixed batch of 1: one image per request
+        sent = image_bytes[:count]
+        predictor = Predictor.from_path(models[layout])
+        decoded = [decode_image(b, MAX_PIXELS) for b in sent]
+        for parameters, options in (
+            (None, {}),
+            ({"conf": 0.4, "iou": 0.3, "max_det": 3}, {"conf": 0.4, "iou": 0.3, "max_det": 3}),
+        ):
+            answers = detect_v2(url, "detector", sent, parameters=parameters)
+            expected = predictor.predict(decoded, **{"max_det": DEFAULT_MAX_DET, **options})
+            for got, det in zip(answers, expected):
+                np.testing.assert_allclose(got["boxes"], det.boxes, rtol=1e-3, atol=1e-3)
+                np.testing.assert_allclose(got["scores"], det.scores, rtol=1e-5, atol=1e-6)
+                np.testing.assert_array_equal(got["classes"], det.classes)
+        predictor.close()
+        with pytest.raises(InferenceServerException, match="IMAGE\\[0\\]") as error:
+            detect_v2(url, "detector", [b"not an image"])
+        assert error.value.status() == "400"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+
+
+def wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"tritonserver exited ({server.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if client.is_server_ready():
+                return
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        time.sleep(1)
+    pytest.fail(f"tritonserver not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
