@@ -392,6 +392,24 @@ def test_bad_requests_fail_alone_with_invalid_arg(models, image_bytes, tmp_path,
             ensemble.infer(image_bytes[:1], parameters)
 
 
+def test_model_py_imports_no_torch_nor_the_server_stack():
+    """In the Triton container model.py needs only the base install (NumPy, OpenCV, Pillow): no
+    PyTorch, no ONNX Runtime, no FastAPI/pydantic (checked in a fresh interpreter)."""
+    script = (
+        "import importlib.util, sys, types\n"
+        "sys.modules['triton_python_backend_utils'] = types.ModuleType('pb')\n"
+        f"spec = importlib.util.spec_from_file_location('model', {str(MODEL_PY)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, check=True)  # fmt: skip
+    loaded = set(done.stdout.split())
+    assert {"numpy", "cv2", "PIL", "detector", "serve"} <= loaded
+    heavy = {"torch", "torchvision", "onnxruntime", "onnx", "fastapi", "pydantic", "export"}
+    assert not loaded & heavy
+
+
 # ---- fixed batch, engines, bad input ----------------------------------------------------------
 
 
