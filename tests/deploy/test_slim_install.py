@@ -139,9 +139,11 @@ def test_serve_answers_a_detect_request(slim: Path, onnx_model: Path, image: Pat
                 params={"conf": CONF, "iou": IOU},
                 files={"image": (image.name, image.read_bytes(), "image/png")},
             )
+            page = c.get("/")  # the web page's files ship in the wheel
     finally:
         process.terminate()
         process.wait(timeout=60)
+    assert page.status_code == 200 and "<html" in page.text.lower(), page.text[:300]
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "yolox_nano"
