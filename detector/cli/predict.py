@@ -93,9 +93,6 @@ def collect_sources(sources: list[str]) -> list[Path]:
     return found
 
 
-collect_images = collect_sources  # the name before videos
-
-
 def detection_records(
     boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
 ) -> list[dict]:

@@ -205,15 +205,20 @@ def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
 
 @pytest.mark.parametrize("suffix, fourcc", [(".mp4", "mp4v"), (".avi", "MJPG")])
 def test_video_is_annotated_frame_by_frame(
-    dynamic_model: Path, images: list[Path], tmp_path: Path, suffix: str, fourcc: str, capsys
-) -> None:
+    dynamic_model: Path, images: list[Path], tmp_path: Path, suffix: str, fourcc: str, capsys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from detector.cli import predict as predict_module
     from serve.runtime import Predictor
 
+    monkeypatch.setattr(predict_module, "PROGRESS_EVERY_S", 0.0)  # report after every batch
     clip = write_video(tmp_path / f"clip{suffix}", images, fourcc=fourcc)
     code, records = predict(tmp_path / "out", "--model", str(dynamic_model), str(clip),
                             "--batch", "4", "--conf", "0.2", "--save-txt")  # fmt: skip
     assert code == 0
-    assert f"{clip}: 10 frames" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"{clip}: 10 frames" in out
+    assert f"{clip}: frame 4/10" in err and f"{clip}: frame 8/10" in err  # progress, stderr
     annotated, fps = read_frames(tmp_path / "out" / "clip.mp4")
     assert len(annotated) == 10 and fps == pytest.approx(10.0)
     assert all(frame.shape == (96, 128, 3) for frame in annotated)
