@@ -120,6 +120,13 @@ def test_predict_runs_an_onnx_model(slim: Path, onnx_model: Path, image: Path, t
     assert (tmp_path / image.name).is_file()  # the annotated copy
 
 
+@pytest.mark.skipif(not (ROOT / "detector" / "cli" / "bench.py").is_file(), reason="no bench yet")
+def test_bench_runs_an_onnx_model(slim: Path, onnx_model: Path):
+    done = run(slim / "detector", "bench", "--model", onnx_model, "--repeats", "2")
+    assert done.returncode == 0, done.stderr
+    assert "images/s" in done.stdout
+
+
 def test_serve_answers_a_detect_request(slim: Path, onnx_model: Path, image: Path, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
     stderr_path = tmp_path / "stderr.log"
