@@ -265,6 +265,8 @@ def plan_batching(source: ModelSource, options: TritonOptions) -> tuple[int, lis
             f"--preferred-batch {' '.join(map(str, bad))}: each must be 1..{max_batch} "
             "(the --max-batch)"
         )
+    if max_batch == 1:
+        notes.append("max_batch_size 1: one image per execution, so no dynamic_batching block")
     return max_batch, notes
 
 
@@ -449,11 +451,11 @@ def _configs(repo: Repository, options: TritonOptions) -> dict[str, str]:
 def _dynamic_batching(repo: Repository, options: TritonOptions) -> str:
     if repo.max_batch_size <= 1:
         return ""  # nothing to batch: fixed batch (0) or one image at a time
-    lines = [f"  preferred_batch_size: [ {', '.join(map(str, options.preferred_batch))} ]"]
-    if not options.preferred_batch:
-        lines = []
     delay = DEFAULT_QUEUE_DELAY_US if options.queue_delay_us is None else options.queue_delay_us
-    lines.append(f"  max_queue_delay_microseconds: {delay}")
+    lines = [f"  max_queue_delay_microseconds: {delay}"]
+    if options.preferred_batch:
+        sizes = ", ".join(map(str, options.preferred_batch))
+        lines.insert(0, f"  preferred_batch_size: [ {sizes} ]")
     return "dynamic_batching {\n" + "\n".join(lines) + "\n}\n"
 
 

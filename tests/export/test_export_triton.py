@@ -3,7 +3,8 @@ ONNX graph and the v2 contract, and the ensemble's steps, run in-process (the Py
 real ``model.py`` with a stand-in ``triton_python_backend_utils``, the network with a real ONNX
 Runtime session), give the detections of our runtime.
 
-Nothing here runs a Triton server (no Docker, no GPU on this machine); export/TRITON.md says so.
+No Docker and no GPU here: only the opt-in test at the end starts a real tritonserver (a CPU
+build from the nvidia-pytriton wheel), as export/TRITON.md describes.
 """
 
 from __future__ import annotations
@@ -493,6 +494,13 @@ def test_bad_inputs_exit_2_naming_the_problem(models, tmp_path, capsys):
     assert export_triton(models["raw"], tmp_path / "r", "--name", "../up") == 2
     assert "--name" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    # an ONNX may run on CPU instances instead
+    assert export_triton(models["raw"], tmp_path / "cpu", "--kind", "cpu", "--instances", "3") == 0
+    (group,) = read_repository(tmp_path / "cpu")["detector_model"].instance_group
+    assert (group.count, model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind)) == (
+        3,
+        "KIND_CPU",
+    )
 
 
 # ---- opt-in: a real Triton server -------------------------------------------------------------
@@ -534,7 +542,7 @@ def free_port() -> int:
 @pytest.mark.skipif(
     not (TRITON_HOME and STUB_PATH),
     reason="needs a Triton server build: set DETECTOR_TRITONSERVER (bin/tritonserver, backends/) "
-    "and DETECTOR_TRITON_STUB_CWD (see export/TRITON.md, 'Checked against a real Triton')",
+    "and DETECTOR_TRITON_STUB_CWD (export/TRITON.md, 'What was checked here')",
 )
 @pytest.mark.parametrize("layout", ["raw", "nms", "fixed"])
 def test_real_triton_server_serves_the_repository(layout, models, image_bytes, tmp_path):
