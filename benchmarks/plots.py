@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 HEADING = re.compile(r"^#{1,6}\s+(.*)$")
 SEPARATOR_CELL = re.compile(r"^:?-{3,}:?$")
+THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # "5,328" -> "5328"; "1, 2" stays
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,8 +148,8 @@ def find_table(path: Path, *columns: str, heading: str | None = None) -> Table:
 
 def numbers(cell: str) -> list[float]:
     """All numbers written in a cell: ``"19.1 / 27.1"`` -> ``[19.1, 27.1]``, ``"**2.19**"`` ->
-    ``[2.19]``, ``"> 120"`` -> ``[120.0]``, ``""`` -> ``[]``."""
-    return [float(m) for m in NUMBER.findall(clean(cell))]
+    ``[2.19]``, ``"> 120"`` -> ``[120.0]``, ``"5,328"`` -> ``[5328.0]``, ``""`` -> ``[]``."""
+    return [float(m) for m in NUMBER.findall(THOUSANDS.sub("", clean(cell)))]
 
 
 def number(cell: str) -> float:

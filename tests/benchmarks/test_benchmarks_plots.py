@@ -57,6 +57,8 @@ def test_parser_on_a_written_table(tmp_path: Path) -> None:
     assert plots.number(table.column("ratio")[0]) == 0.94
     assert table.rows[1] == ("s", "pipeline", "> 120", "")  # short rows are padded
     assert plots.number(table.rows[1][2]) == 120.0
+    assert plots.numbers("104 / 5,328") == [104.0, 5328.0]
+    assert plots.numbers("1.67, 1.70, 2.95") == [1.67, 1.70, 2.95]
     with pytest.raises(ValueError, match="no number"):
         plots.number(table.rows[1][3])
     with pytest.raises(ValueError, match="t.md: no table with columns"):
