@@ -14,7 +14,7 @@ torch backend imports torch itself when a checkpoint is benchmarked.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ STAGES = ("pre", "infer", "post", "total")
 PERCENTILES = (50, 90, 99)
 SYNTHETIC_SIZE = (480, 640)  # (height, width): a VGA camera frame
 Progress = Callable[[str], None]
+Cell = tuple[int, int]  # (target index, batch size)
 
 
 @dataclass(frozen=True)
@@ -72,40 +73,21 @@ def percentiles(values_ms: Sequence[float]) -> dict[int, float]:
     return {p: float(np.percentile(values_ms, p)) for p in PERCENTILES}
 
 
-def time_pipeline(
-    predictor: Predictor,
-    images: Sequence[np.ndarray],
-    batch: int,
-    repeats: int,
-    warmup: int,
-    conf: float = 0.25,
-    iou: float = 0.45,
-) -> dict[str, list[float]]:
-    """Milliseconds of each stage (and the total) for ``repeats`` runs of ``batch`` images
-    taken in turn from ``images``, after ``warmup`` uncounted runs.
-
-    Returns:
-        ``{"pre": [...], "infer": [...], "post": [...], "total": [...]}``, ``repeats`` each.
-    """
-    if not images:
-        raise ValueError("no images to benchmark with")
-    times: dict[str, list[float]] = {stage: [] for stage in STAGES}
+def time_once(
+    predictor: Predictor, images: Sequence[np.ndarray], conf: float, iou: float
+) -> tuple[float, float, float, float]:
+    """One pass of the serving pipeline over a batch: milliseconds of (pre, infer, post,
+    total)."""
     clock = time.perf_counter
-    for run in range(warmup + repeats):
-        start = (run * batch) % len(images)
-        chunk = [images[(start + i) % len(images)] for i in range(batch)]
-        t0 = clock()
-        tensor, ratios = predictor.prepare(chunk)
-        t1 = clock()
-        outputs = predictor.run(tensor)
-        t2 = clock()
-        for found, ratio, image in zip(predictor.postprocess(outputs, conf, iou), ratios, chunk):
-            boxes_to_original(found.boxes, ratio, image.shape[:2])
-        t3 = clock()
-        if run >= warmup:
-            for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
-                times[stage].append(seconds * 1000.0)
-    return times
+    t0 = clock()
+    tensor, ratios = predictor.prepare(images)
+    t1 = clock()
+    outputs = predictor.run(tensor)
+    t2 = clock()
+    for found, ratio, image in zip(predictor.postprocess(outputs, conf, iou), ratios, images):
+        boxes_to_original(found.boxes, ratio, image.shape[:2])
+    t3 = clock()
+    return tuple((b - a) * 1000.0 for a, b in ((t0, t1), (t1, t2), (t2, t3), (t0, t3)))  # type: ignore[return-value]
 
 
 def device_of(predictor: Predictor) -> str:
@@ -145,6 +127,28 @@ def row(target: Target, predictor: Predictor, batch: int, times: dict[str, list[
     return result
 
 
+def schedule(
+    cells: Sequence[Cell], repeats: int, warmup: int, interleave: bool = True
+) -> Iterator[tuple[Cell, bool]]:
+    """The order of the runs: ``(cell, counted)`` pairs, ``counted`` False for warm-up runs.
+
+    Interleaved: every cell's warm-up first, then each repeat runs every cell once, in an order
+    rotated by one each repeat. Sequential: each cell's warm-up and repeats, one cell after the
+    other."""
+    if not interleave:
+        for cell in cells:
+            for run in range(warmup + repeats):
+                yield cell, run >= warmup
+        return
+    for cell in cells:
+        for _ in range(warmup):
+            yield cell, False
+    for repeat in range(repeats):
+        shift = repeat % len(cells)
+        for cell in [*cells[shift:], *cells[:shift]]:
+            yield cell, True
+
+
 def run_benchmark(
     targets: Sequence[Target],
     batches: Sequence[int],
@@ -155,26 +159,54 @@ def run_benchmark(
     conf: float = 0.25,
     iou: float = 0.45,
     progress: Progress | None = None,
+    interleave: bool = True,
 ) -> list[dict[str, Any]]:
-    """Measure every target at every batch size; one row each (see :func:`row`), in order.
+    """Measure every target at every batch size; one row each (see :func:`row`), targets in
+    order, batches in order within each.
 
-    A model with a fixed batch runs other batch sizes in chunks of its own (as the server does).
+    All models are loaded first. By default the runs are interleaved (:func:`schedule`), so a
+    load that changes over time (a shared machine) falls on every cell alike instead of on
+    whichever ran last; with more than one CPU thread per library, pool threads that spin on
+    after a run can slow the next cell of another library, so compare those with
+    ``interleave=False`` too. Each run takes the next ``batch`` images of ``images`` in turn. A
+    model with a fixed batch runs other batch sizes in chunks of its own (as the server does).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    rows = []
-    for target in targets:
-        predictor = Predictor.from_path(target.path, target.backend, **target.options)
-        try:
-            for batch in batches:
-                if progress:
-                    progress(f"{target.path.name} [{target.backend} {target.label}".rstrip()
-                             + f"] batch {batch}: {warmup} warm-up + {repeats} runs")  # fmt: skip
-                times = time_pipeline(predictor, images, batch, repeats, warmup, conf, iou)
-                rows.append(row(target, predictor, batch, times, images_label))
-        finally:
+    if not images:
+        raise ValueError("no images to benchmark with")
+    predictors: list[Predictor] = []
+    try:
+        for target in targets:
+            if progress:
+                progress(f"loading {target.path.name} [{_name(target)}]")
+            predictors.append(Predictor.from_path(target.path, target.backend, **target.options))
+        cells = [(t, b) for t in range(len(targets)) for b in batches]
+        times: dict[Cell, dict[str, list[float]]] = {c: {s: [] for s in STAGES} for c in cells}
+        served = dict.fromkeys(cells, 0)
+        total, done = len(cells) * repeats, 0
+        mode = "interleaved" if interleave else "one cell after the other"
+        if progress:
+            progress(f"{len(cells)} cells x ({warmup} warm-up + {repeats} runs), {mode}")
+        for (target, batch), counted in schedule(cells, repeats, warmup, interleave):
+            start = served[(target, batch)]
+            served[(target, batch)] += batch
+            chunk = [images[(start + i) % len(images)] for i in range(batch)]
+            measured = time_once(predictors[target], chunk, conf, iou)
+            if counted:
+                for stage, value in zip(STAGES, measured):
+                    times[(target, batch)][stage].append(value)
+                done += 1
+                if progress and (done % max(1, total // 10) == 0 or done == total):
+                    progress(f"measured {done}/{total} runs")
+        return [row(targets[t], predictors[t], b, times[(t, b)], images_label) for t, b in cells]
+    finally:
+        for predictor in predictors:
             predictor.close()
-    return rows
+
+
+def _name(target: Target) -> str:
+    return f"{target.backend} {target.label}".strip()
 
 
 TABLE_COLUMNS = (

@@ -60,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
     parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    parser.add_argument(
+        "--sequential", action="store_true",
+        help="measure one model/batch after the other instead of interleaving their runs",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     parser.set_defaults(func=run)
 
@@ -165,11 +169,12 @@ def run(args: argparse.Namespace) -> int:
 
     rows = run_benchmark(
         targets, args.batch, images, label, args.repeats, args.warmup, args.conf, args.iou,
-        progress,
+        progress, interleave=not args.sequential,
     )  # fmt: skip
     print(format_table(rows))
-    print(f"milliseconds per batch; images: {label}; {args.repeats} runs after {args.warmup} "
-          "warm-up; images/s = batch x runs / summed total time")  # fmt: skip
+    order = "one after the other" if args.sequential else "interleaved"
+    print(f"milliseconds per batch; images: {label}; {args.repeats} runs ({order}) after "
+          f"{args.warmup} warm-up; images/s = batch x runs / summed total time")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -218,16 +218,18 @@ class TorchBackend:
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         with self._lock, torch.inference_mode():
             if self.device.type == "cuda":
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
+                batch = batch.pin_memory()  # from torch's caching host allocator
             if self.cuda_graphs:
                 shape = tuple(batch.shape)
                 if shape not in self._graphs:
                     log.info("%s: capturing a CUDA graph for input %s", self.path.name, shape)
                     self._graphs[shape] = _Graph(self._forward, shape, self.device, self._pool)
-                output = self._graphs[shape](batch)
+                output = self._graphs[shape](batch)  # host -> the graph's static input
             else:
-                output = self._forward(batch)
-            result = output.cpu().numpy()  # a copy: a graph's output buffer is reused
+                output = self._forward(batch.to(self.device, non_blocking=True))
+            # a copy, made before any other graph replays: the graphs share one memory pool,
+            # so a graph's output is only valid until the next replay (of any shape)
+            result = output.cpu().numpy()
         return {RAW_OUTPUT: result}
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from detector.cli import main
-from serve.bench import PERCENTILES, STAGES, synthetic_images
+from serve.bench import PERCENTILES, STAGES, schedule, synthetic_images
 
 FIELDS = {"model", "backend", "precision", "device", "batch", "imgsz", "images", "repeats",
           "throughput"} | {f"{s}_p{p}_ms" for s in STAGES for p in PERCENTILES}  # fmt: skip
@@ -71,7 +71,8 @@ def test_bench_onnx_and_checkpoint(onnx_model, lively, tmp_path, capsys):
     assert len({len(line) for line in lines[:5]}) == 1  # aligned: numbers right-justified
     assert lines[1].split()[-1] == f"{rows[0]['throughput']:.2f}"
     assert "warm-up" in captured.out and f"wrote {out}" in captured.out
-    assert "lively.pt [torch] batch 2: 1 warm-up + 3 runs" in captured.err  # progress
+    assert "4 cells x (1 warm-up + 3 runs), interleaved" in captured.err  # progress
+    assert "measured 12/12 runs" in captured.err
 
 
 def test_bench_on_source_images(onnx_model, tmp_path, capsys):
@@ -87,6 +88,23 @@ def test_bench_on_source_images(onnx_model, tmp_path, capsys):
     check_rows([row], [("lively.onnx", "onnxruntime", 1)])
     assert row["images"] == "3 files"
     assert "skipped" in capsys.readouterr().err
+
+
+def test_schedule_interleaves_and_rotates():
+    cells = [(0, 1), (0, 8), (1, 1)]
+    runs = list(schedule(cells, repeats=3, warmup=2))
+    assert runs[:6] == [(c, False) for c in cells for _ in range(2)]
+    measured = [cell for cell, counted in runs[6:]]
+    assert measured == [*cells, *cells[1:], cells[0], cells[2], *cells[:2]]
+    sequential = list(schedule(cells, repeats=3, warmup=1, interleave=False))
+    assert sequential[:4] == [((0, 1), False), ((0, 1), True), ((0, 1), True), ((0, 1), True)]
+    assert len(sequential) == 12 and sum(counted for _, counted in sequential) == 9
+
+
+def test_bench_sequential(onnx_model, capsys):
+    assert main(["bench", "--model", str(onnx_model), "--sequential", *QUICK]) == 0
+    captured = capsys.readouterr()
+    assert "one cell after the other" in captured.err and "(one after the other)" in captured.out
 
 
 def test_synthetic_images_look_like_frames():
