@@ -61,10 +61,12 @@ def _step(number: int, title: str, timings: dict[str, float]) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield
-    finally:
-        seconds = time.perf_counter() - start
-        timings[title.split(":")[0]] = seconds
-        print(f"[{number}/{STEPS}] done in {seconds:.1f} s", flush=True)
+    except BaseException:
+        print(f"[{number}/{STEPS}] FAILED after {time.perf_counter() - start:.1f} s", flush=True)
+        raise
+    seconds = time.perf_counter() - start
+    timings[title.split(":")[0]] = seconds
+    print(f"[{number}/{STEPS}] done in {seconds:.1f} s", flush=True)
 
 
 def _mb(path: Path) -> str:
