@@ -6,6 +6,7 @@ The client uses ``urllib`` only, so the demo needs nothing beyond the train and 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -69,8 +70,11 @@ class ServerProcess:
         command = [sys.executable, "-m", "detector", "serve", "--model", str(self.model),
                    "--host", self.host, "--port", str(self.port), *self.extra_args]  # fmt: skip
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        # the flags alone configure it: a DETECTOR_API_KEYS (or any DETECTOR_*) of the caller's
+        # shell would otherwise change the demo's server (e.g. answer 401 to its requests)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

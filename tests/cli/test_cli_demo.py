@@ -65,8 +65,9 @@ def test_demo_writes_the_servers_annotated_images(demo):
         assert f"{record['file_name']}: " in text  # the detections were printed per image
 
 
-def test_server_is_stopped_when_a_step_fails(demo, tmp_path: Path):
+def test_server_is_stopped_when_a_step_fails(demo, tmp_path: Path, monkeypatch):
     out, _ = demo
+    monkeypatch.setenv("DETECTOR_API_KEYS", "secret")  # the caller's settings do not leak in
     server = ServerProcess(out / "export/yolox_nano.onnx", tmp_path / "serve.log")
     with pytest.raises(RuntimeError, match="a later step failed"):
         with server:
