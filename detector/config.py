@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
+import sysconfig
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -24,6 +26,20 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the file and the key."""
+
+
+def configs_dir() -> Path:
+    """The project's ``configs/`` folder: beside the package in a clone or an editable install,
+    else where a wheel install put it (``<prefix>/share/detector/configs``, the ``data-files``
+    of pyproject.toml)."""
+    beside = Path(__file__).resolve().parents[1] / "configs"
+    if beside.is_dir():
+        return beside
+    for prefix in (sysconfig.get_path("data"), sys.prefix):
+        installed = Path(prefix) / "share" / "detector" / "configs"
+        if installed.is_dir():
+            return installed
+    return beside  # missing: callers name the file they could not read
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -9,13 +9,12 @@ when ``schedule: auto`` and the run is short, and ``key=value`` overrides from t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from detector.config import ConfigError, apply_overrides, from_mapping, load_yaml
+from detector.config import ConfigError, apply_overrides, configs_dir, from_mapping, load_yaml
 from detector.data import AugmentConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "default.yaml"
+DEFAULT_CONFIG = configs_dir() / "train" / "default.yaml"
 
 
 @dataclass(frozen=True)

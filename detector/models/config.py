@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detector.config import ConfigError, from_mapping, load_yaml, suggest
+from detector.config import ConfigError, configs_dir, from_mapping, load_yaml, suggest
 from detector.models.blocks import ACTIVATIONS
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+CONFIG_DIR = configs_dir() / "models"
 BACKBONES = ("cspdarknet", "darknet53")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "detector", "export", "serve")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "detector", "export", "serve", "configs")
 STARTED = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 CONF, IOU = 0.3, 0.45
 
@@ -156,3 +156,18 @@ def test_serve_answers_a_detect_request(slim: Path, onnx_model: Path, image: Pat
     assert body["model"] == "yolox_nano"
     assert body["image"] == {"width": 160, "height": 120}
     assert_same(body["detections"], expected(onnx_model, image), box_atol=0.01)
+
+
+def test_wheel_install_carries_the_configs(slim: Path, tmp_path: Path):
+    # a non-editable install has no project folder beside the package: the YAML configs come
+    # with the wheel (pyproject's data-files) and detector.config.configs_dir() finds them
+    code = (
+        "from detector.config import configs_dir; d = configs_dir(); print(d); "
+        "print(sorted(p.name for p in (d / 'models').glob('*.yaml')))"
+    )
+    probe = run(slim / "python", "-c", code, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    where, names = probe.stdout.splitlines()
+    assert Path(where).is_relative_to(slim.parent), where
+    assert "yolox_nano.yaml" in names and "yolox_x.yaml" in names
+    assert (Path(where) / "train" / "default.yaml").is_file()
