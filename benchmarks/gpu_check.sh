@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Every CUDA test and GPU measurement of the project in ONE run, for a session that is lent a
+# GPU machine (the `device` tool: about 15 minutes of device time in all, no network there,
+# PyTorch CUDA and onnxruntime (CPU) present, no TensorRT). Nothing here has run yet: no
+# session so far was lent a GPU.
+#
+# Here, first (fetches the serving/eval packages the device image lacks, as py3.12 wheels):
+#     bash benchmarks/gpu_wheels.sh            # -> .whl/ (ignored by git; carry it)
+# Then one device call, carrying .whl, with a timeout that leaves room for a rerun:
+#     run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=480)
+# Results come back under $OUT: gpu.txt, pytest_gpu.txt, bench_*.json/.txt, train_cuda.txt.
+#
+# What it runs:
+#   1. pytest -m gpu plus the CUDA training tests: PyTorch serve backend (float16, CUDA graphs
+#      on/off against float32), trainer on CUDA; the TensorRT tests skip (no TensorRT there).
+#   2. detector bench, torch backend on CUDA: nano@416 and s@640, batch 1 and 32, float32 and
+#      float16, CUDA graphs off and on (issue 9's GPU measurement), ONNX Runtime CPU beside it.
+#   3. a short CUDA training run of the demo's recipe (time per epoch on the GPU).
+set -uo pipefail
+OUT=${OUT:-runs/gpu_check}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=python3
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" \
+    | tee -a "$OUT/gpu.txt"
+
+# 1. CUDA tests (about 2-3 minutes)
+{ timeout 150 $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests
+  timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/engine/test_engine_train_cuda.py
+} 2>&1 | tee "$OUT/pytest_gpu.txt"
+
+# 2. detector bench on the GPU: random weights (speed does not depend on them)
+models=$(mktemp -d)
+$PY - "$models" <<'PYEOF'
+import sys
+from pathlib import Path
+
+import torch
+
+from detector.engine.checkpoint import save_atomic
+from detector.models import build_model
+from export.onnx import export_onnx
+
+out = Path(sys.argv[1])
+for name, size in (("yolox_nano", 416), ("yolox_s", 640)):
+    model = build_model(name, num_classes=80)
+    meta = {"model_name": name, "num_classes": 80, "class_names": [f"c{i}" for i in range(80)],
+            "input_size": [size, size]}
+    weights = save_atomic({"model": model.state_dict(), "meta": meta}, out / f"{name}.pt")
+    export_onnx(weights, out / f"{name}.onnx", dynamic=True)
+PYEOF
+for name in yolox_nano yolox_s; do
+    for precision in fp16 fp32; do
+        timeout 150 $PY -m detector bench --model "$models/$name.pt" --device cuda \
+            --precision "$precision" --cuda-graphs both --batch 1,32 --repeats 50 --warmup 10 \
+            --json "$OUT/bench_${name}_${precision}.json" 2>&1 | tee "$OUT/bench_${name}_${precision}.txt"
+    done
+done
+timeout 120 $PY -m detector bench --model "$models/yolox_nano.onnx" --batch 1,32 --repeats 20 \
+    --json "$OUT/bench_nano_ort_cpu.json" 2>&1 | tee "$OUT/bench_nano_ort_cpu.txt"
+
+# 3. the demo's training on the GPU (epoch time; the demo's own steps need the serve wheels)
+timeout 180 $PY -m detector demo --out /tmp/demo_gpu --device cuda 2>&1 | tail -40 \
+    | tee "$OUT/demo_cuda.txt"
