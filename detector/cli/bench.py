@@ -53,8 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads", type=count(1),
         help="CPU threads of ONNX Runtime and torch (default: each library's own choice)",
     )  # fmt: skip
-    parser.add_argument("--repeats", type=count(1), default=50, help="measured runs per batch")
-    parser.add_argument("--warmup", type=count(0), default=5, help="uncounted runs first")
+    parser.add_argument(
+        "--repeats",
+        type=count(1),
+        default=50,
+        help="measured runs per model and batch (default: 50)",
+    )
+    parser.add_argument(
+        "--warmup", type=count(0), default=5, help="uncounted runs first (default: 5)"
+    )
     parser.add_argument(
         "--source", nargs="+", metavar="SRC", help="images, folders or globs to time on"
     )
