@@ -198,13 +198,15 @@ def bench_rows(bench_dir: Path) -> list[dict[str, Any]]:
 # Plots
 
 
-def bars(ax: Axes, groups: list[str], series: dict[str, list[float]], unit: str) -> None:
+def bars(
+    ax: Axes, groups: list[str], series: dict[str, list[float]], unit: str, fmt: str = "%.1f"
+) -> None:
     """Grouped bars: one group per label, one bar per series, values written on the bars."""
     width = 0.8 / max(len(series), 1)
     for k, (name, values) in enumerate(series.items()):
         xs = [g + (k - (len(series) - 1) / 2) * width for g in range(len(groups))]
         drawn = ax.bar(xs, values, width, label=name)
-        ax.bar_label(drawn, fmt="%.1f", fontsize=7)
+        ax.bar_label(drawn, fmt=fmt, fontsize=7)
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.set_ylabel(unit)
     ax.legend(fontsize=7)
@@ -392,11 +394,49 @@ def plot_train(bench_dir: Path) -> Figure | None:
     return fig
 
 
+def demo_figures(path: Path) -> tuple[list[tuple[str, float]], list[tuple[str, float, float]]]:
+    """From ``demo_accuracy.md``: (step, seconds) of the final demo run, its total row last, and
+    (run, mAP, mAP50) of every training run."""
+    steps = find_table(path, "step", "seconds")
+    timed = [(clean(r["step"]), number(r["seconds"])) for r in steps.records()]
+    runs = find_table(path, "run", "epochs", "mAP", "mAP50")
+    scored = [(clean(r["run"]), number(r["mAP"]), number(r["mAP50"])) for r in runs.records()]
+    return timed, scored
+
+
+def plot_demo(bench_dir: Path) -> Figure | None:
+    path = bench_dir / "demo_accuracy.md"
+    if not path.exists():
+        return None
+    timed, scored = demo_figures(path)
+    total = dict(timed).get("total")
+    timed = [(step, seconds) for step, seconds in timed if step != "total"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    labels = [re.sub(r"\s*\([^)]*\)", "", step) for step, _ in timed]
+    drawn = left.barh(labels[::-1], [seconds for _, seconds in timed][::-1])
+    left.bar_label(drawn, fmt="%g s", fontsize=7)
+    left.set_xlabel("seconds (final demo run)")
+    left.tick_params(axis="y", labelsize=7)
+    left.set_title(f"detector demo: wall time per step (total {total:g} s)", fontsize=9)
+    groups = [run for run, _, _ in scored]
+    series = {"mAP50": [s[2] for s in scored], "mAP@0.5:0.95": [s[1] for s in scored]}
+    bars(right, groups, series, "", fmt="%.3f")
+    right.axhline(0.5, ls="--", c="grey", lw=1)
+    right.text(-0.4, 0.52, "goal: mAP50 >= 0.5", fontsize=7, color="grey")
+    right.tick_params(axis="x", labelsize=6, rotation=20)
+    right.set_ylabel("COCO mAP on the generated val split")
+    right.set_title("yolox_nano on the demo data: the runs that set the demo", fontsize=9)
+    fig.suptitle(f"The demo (CPU, {machine(path) or 'see the file'}; {path.name})")
+    fig.tight_layout()
+    return fig
+
+
 PLOTS: dict[str, Callable[[Path], Figure | None]] = {
     "latency.png": plot_latency,
     "int8_drop_vs_speedup.png": plot_int8,
     "serve_throughput.png": plot_serve,
     "train_time_vs_map.png": plot_train,
+    "demo.png": plot_demo,
 }
 
 

@@ -94,6 +94,15 @@ def test_parser_reads_the_real_benchmark_tables() -> None:
     assert (tiny[1], tiny[2]) == (float(cells[4]), float(cells[2].strip("*")))
     assert {p[3] for p in train} >= {"ours", "yolo11n", "official *"}
 
+    steps, runs = plots.demo_figures(BENCH / "demo_accuracy.md")
+    assert dict(steps)["total"] == float(raw_row(BENCH / "demo_accuracy.md", "| total |")[1])
+    assert sum(s for name, s in steps if name != "total") == pytest.approx(
+        dict(steps)["total"], abs=len(steps)
+    )  # the steps add up to the total, within the rounding of each
+    demo = runs[-1]
+    cells = raw_row(BENCH / "demo_accuracy.md", "| e5 ")
+    assert demo[1:] == (float(cells[-2].strip("*")), float(cells[-1].strip("*")))
+
 
 def test_plots_are_drawn_from_the_real_files(tmp_path: Path) -> None:
     import matplotlib.image
@@ -101,7 +110,7 @@ def test_plots_are_drawn_from_the_real_files(tmp_path: Path) -> None:
     written = plots.make_plots(BENCH, tmp_path)
     names = {p.name for p in written}
     assert names >= {"latency.png", "int8_drop_vs_speedup.png", "serve_throughput.png",
-                     "train_time_vs_map.png"}  # fmt: skip
+                     "train_time_vs_map.png", "demo.png"}  # fmt: skip
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 20_000, path
