@@ -328,6 +328,14 @@ def v2_router(name: str) -> APIRouter:
 
     async def unknown_model(request: Request) -> Response:
         asked = request.path_params.get("other", "")
+        if asked == name:  # the model's own path with a method it does not take
+            return v2_error(
+                request,
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path}",
+                {"Allow": "POST" if request.url.path.endswith("/infer") else "GET"},
+            )
         return v2_error(
             request,
             404,

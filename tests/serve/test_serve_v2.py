@@ -155,6 +155,9 @@ def test_metadata_and_health_through_tritonclient(address, client):
         response = client.get(path)
         assert response.status_code == 404, path
         assert "yolo" in response.json()["error"] or "version" in response.json()["error"]
+    wrong_method = client.get(INFER)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert client.post(f"/v2/models/{MODEL}").status_code == 405
     schema = client.get("/openapi.json").json()["paths"]
     assert {INFER, "/v2", "/v2/health/ready", f"/v2/models/{MODEL}"} <= set(schema)
     assert "application/json" in schema[INFER]["post"]["requestBody"]["content"]
@@ -397,3 +400,18 @@ def test_deadline_504_and_full_queue_503_in_process(serve_onnx):
         assert second.status_code == 503 and second.json()["code"] == "overloaded"
         assert second.headers["retry-after"] == "1"
         assert first.result().status_code == 200
+
+
+def test_the_client_script_runs_unchanged(address, client, tmp_path, capsys):
+    """``python tests/serve/v2_client.py --url HOST:PORT --model NAME IMAGE`` (the command to
+    point at Triton serving the exported repository) prints readiness and the detections."""
+    from v2_client import main
+
+    path = tmp_path / "frame.jpg"
+    path.write_bytes(encode(noise(100, 140, 9), ".jpg"))
+    assert main(["--url", address, "--model", MODEL, "--conf", str(CONF), str(path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"live": True, "ready": True, "model_ready": True}
+    expected = v1_detect(client, path.read_bytes(), conf=CONF)
+    answer = {k: np.array(lines[1][k]) for k in ("boxes", "scores", "classes")}
+    assert_same_as_v1(answer, expected)
