@@ -352,6 +352,7 @@ def test_30_mb_bodies_are_refused_and_counted(server, client):
     route = f'route="/v2/models/{MODEL}/infer"'
     assert f'detector_http_requests_total{{method="POST",{route},status="200"}}' in metrics
     assert f'detector_http_requests_total{{method="POST",{route},status="400"}}' in metrics
+    assert f'detector_http_requests_total{{method="POST",{route},status="413"}}' in metrics
     count = next(
         line for line in metrics.splitlines() if line.startswith("detector_batch_size_count")
     )
@@ -415,3 +416,30 @@ def test_the_client_script_runs_unchanged(address, client, tmp_path, capsys):
     expected = v1_detect(client, path.read_bytes(), conf=CONF)
     answer = {k: np.array(lines[1][k]) for k in ("boxes", "scores", "classes")}
     assert_same_as_v1(answer, expected)
+
+
+def test_compressed_requests_and_a_gzip_bomb(address, client):
+    """tritonclient's request compression (gzip, deflate) is understood; a small gzip body that
+    inflates past the body limit (30 MB of zeros in about 30 KB) is 413 without inflating it."""
+    import gzip
+
+    import tritonclient.http as httpclient
+
+    image = encode(noise(100, 100, 11), ".jpg")
+    expected = v1_detect(client, image, conf=CONF)
+    triton = httpclient.InferenceServerClient(address)
+    try:
+        for algorithm in ("gzip", "deflate"):
+            tensor = httpclient.InferInput("IMAGE", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[image]], dtype=object))
+            result = triton.infer(MODEL, [tensor], parameters={"conf": CONF},
+                                  request_compression_algorithm=algorithm)  # fmt: skip
+            count = int(result.as_numpy("num_dets")[0, 0])
+            answer = {k: result.as_numpy(k)[0, :count] for k in ("boxes", "scores", "classes")}
+            assert_same_as_v1(answer, expected)
+    finally:
+        triton.close()
+    bomb = gzip.compress(b"\0" * (30 * 1024 * 1024))
+    assert len(bomb) < 100_000
+    response = client.post(INFER, content=bomb, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 413 and response.json()["code"] == "body_too_large"
