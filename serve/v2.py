@@ -27,6 +27,7 @@ and status). Every error answers the protocol's ``{"error": message}``, with our
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Coroutine
 from importlib import metadata as package_metadata
 from typing import Annotated, Any, cast
@@ -149,26 +150,40 @@ _INFER_BODY = {
 }
 
 
-def _unit(options: dict[str, Any], name: str, default: float) -> float:
+def _number(options: dict[str, Any], name: str, default: float, whole: bool = False) -> float:
+    """A request parameter given as a number or a numeric string: Triton and tritonclient took
+    only bool, int64 and string parameters until double ones were added in early 2024
+    (triton-inference-server/server#6755), so clients written for them send ``"0.3"``."""
     value = options.get(name, default)
-    if type(value) not in (int, float) or not 0 <= value <= 1:  # also rejects NaN and inf
+    kind = "whole number" if whole else "number"
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(type(value).__name__)
+        number = float(value)
+    except ValueError as exc:
         raise ApiError(
-            400, "invalid_parameter", f"parameters.{name}: {value!r} is not a number from 0 to 1"
-        )
-    return float(value)
+            400, "invalid_parameter", f"parameters.{name}: {value!r} is not a {kind}"
+        ) from exc
+    if not math.isfinite(number) or (whole and not number.is_integer()):
+        raise ApiError(400, "invalid_parameter", f"parameters.{name}: {value!r} is not a {kind}")
+    return number
 
 
 def detect_params(options: dict[str, Any], state: ServerState) -> DetectParams:
-    """Request parameters -> the thresholds, validated as ``/v1/detect`` validates its query."""
+    """Request parameters -> the thresholds, validated as ``/v1/detect`` validates its query:
+    ``conf`` and ``iou`` in 0-1, ``max_det`` 1 to the server's ``max_det_limit``."""
     assert state.predictor is not None
-    conf, iou = _unit(options, "conf", DEFAULT_CONF), _unit(options, "iou", DEFAULT_IOU)
+    conf, iou = _number(options, "conf", DEFAULT_CONF), _number(options, "iou", DEFAULT_IOU)
+    for name, value in (("conf", conf), ("iou", iou)):
+        if not 0 <= value <= 1:
+            raise ApiError(400, "invalid_parameter", f"parameters.{name}: {value:g} is not in 0-1")
     limit = state.settings.max_det_limit
-    max_det = options.get("max_det", min(DEFAULT_MAX_DET, limit))
-    if type(max_det) is not int or not 1 <= max_det <= limit:
+    max_det = int(_number(options, "max_det", min(DEFAULT_MAX_DET, limit), whole=True))
+    if not 1 <= max_det <= limit:
         raise ApiError(
             400,
             "invalid_parameter",
-            f"parameters.max_det: {max_det!r} is not a whole number from 1 to the limit {limit}",
+            f"parameters.max_det: {max_det} is not from 1 to the limit {limit}",
         )
     classes = options.get("classes")
     if classes is not None and not isinstance(classes, str):

@@ -123,7 +123,9 @@ def test_tritonclient_gets_the_detections_of_v1(client, address):
         assert len(batch) == 3
         for answer, v1 in zip(batch, expected):
             assert_same_as_v1(answer, v1)
-    [capped] = detect_v2(address, MODEL, images[:1], parameters={"conf": CONF, "max_det": 2})
+    # numbers as strings, as clients of Triton releases without double parameters send them
+    strings = {"conf": str(CONF), "max_det": "2"}
+    [capped] = detect_v2(address, MODEL, images[:1], parameters=strings)
     assert len(capped["scores"]) == 2
     np.testing.assert_allclose(capped["scores"], single["scores"][:2])
 
@@ -288,7 +290,9 @@ def bad_requests() -> list[tuple[str, dict, int]]:
         ("conf above 1", binary([png], {"conf": 1.5}), 400),
         ("iou=nan", binary([png], {"iou": float("nan")}), 400),
         ("max_det=10**9", binary([png], {"max_det": 10**9}), 400),
-        ("max_det as text", binary([png], {"max_det": "5"}), 400),
+        ("max_det as a word", binary([png], {"max_det": "five"}), 400),
+        ("max_det not whole", binary([png], {"max_det": 2.5}), 400),
+        ("conf as a boolean", binary([png], {"conf": True}), 400),
         ("unknown class", binary([png], {"classes": "zebra"}), 400),
         ("unknown parameter", binary([png], {"confidence": 0.5}), 400),
         ("unknown output", {"json": {**tensor()["json"], "outputs": [{"name": "masks"}]}}, 400),
