@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 # warm-up runs on a side stream before a graph is captured (cuDNN picks its algorithms there)
 GRAPH_WARMUP = 3
-# channels-last on the CPU: nano@416 on the AMD EPYC here ran in 0.69x (batch 1) and 0.73x
-# (batch 8) of the NCHW time, faster in every interleaved pair (benchmarks/backends_bench.md)
+# channels-last on the CPU: nano@416 on the AMD EPYC here took 0.69-0.78x (batch 1) and
+# 0.73-0.83x (batch 8) of the NCHW time in two runs, faster in 39 of 41 interleaved pairs
+# (benchmarks/backends_bench.md)
 CPU_CHANNELS_LAST = True
 
 
