@@ -161,10 +161,12 @@ def number(cell: str) -> float:
 
 
 def machine(path: Path) -> str:
-    """The CPU a benchmark file names on its ``Machine:`` or ``CPU:`` line, in short form
-    (``Intel Xeon``, ``AMD EPYC``), or ``""``."""
+    """The CPU a benchmark file names on its first ``Machine:`` or ``CPU:`` line, in short form
+    (``Intel Xeon``, ``AMD EPYC``), or ``""`` (also when the file is missing)."""
+    if not Path(path).exists():
+        return ""
     for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.startswith(("Machine:", "CPU:")):
+        if line.startswith("CPU:") or "Machine:" in line:
             for name in ("Xeon", "EPYC"):
                 if name in line:
                     return {"Xeon": "Intel Xeon", "EPYC": "AMD EPYC"}[name]
@@ -242,7 +244,8 @@ def latency_panels(bench_dir: Path) -> list[tuple[str, list[str], dict[str, list
     rows = [r for r in bench_rows(bench_dir) if r.get("batch") == 1]
     if rows:
         panels.append((
-            "detector bench, batch 1, p50 ms\nbackends_bench*.json",
+            f"detector bench, batch 1, p50 ms ({machine(bench_dir / 'backends_bench.md')})"
+            "\nbackends_bench*.json",
             [f"{r['model']}\n{r['backend']} {r['precision']}\n{r['device']}" for r in rows],
             {
                 "inference": [float(r["infer_p50_ms"]) for r in rows],
@@ -314,7 +317,9 @@ def plot_int8(bench_dir: Path) -> Figure | None:
 
 
 def plot_serve(bench_dir: Path) -> Figure | None:
-    sweeps = list(serve_sweeps(bench_dir))
+    # the quietest run first: on a shared machine its figures are the ones to read
+    sweeps = sorted(serve_sweeps(bench_dir), key=lambda s: s[1].get("machine", {}).get(
+        "load_avg", [0.0])[0])  # fmt: skip
     if not sweeps:
         return None
     fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.5), squeeze=False)

@@ -88,6 +88,10 @@ def test_parser_reads_the_real_benchmark_tables() -> None:
                           .strip("*"))  # fmt: skip
     assert drop == float(raw_row(BENCH / "export_int8.md", "| INT8 CPU form (`--target")[4])
 
+    # the CPU named on each file's machine line, as BENCHMARKS.md groups them
+    assert plots.machine(BENCH / "models_latency.md") == "Intel Xeon"
+    assert plots.machine(BENCH / "export_int8.md") == "AMD EPYC"
+
     train = plots.train_points(BENCH / "train_quality.md")
     tiny = next(p for p in train if p[0].startswith("yolox_tiny"))
     cells = raw_row(BENCH / "train_quality.md", "| yolox_tiny (ours) |")
