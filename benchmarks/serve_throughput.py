@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -189,6 +190,31 @@ def wrk(
     }
 
 
+def load_run(server: Server, body: Path, requests: int, every_s: float = 5.0) -> dict:
+    """16 connections x ``requests`` through wrk; the server's RSS sampled every ``every_s``
+    meanwhile (flat, or growing?) and its own count of answers by status afterwards."""
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        start = time.monotonic()
+        while not done.wait(every_s):
+            samples.append((round(time.monotonic() - start, 1), round(server.rss_mb(), 1)))
+
+    rss_before = server.rss_mb()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        load = wrk(server.url, body, 16, requests)
+    finally:
+        done.set()
+        sampler.join()
+    load.update(rss_before_mb=rss_before, rss_after_mb=server.rss_mb(),
+                rss_samples=samples, server_counts=server.request_counts())  # fmt: skip
+    print(f"load 16 x {requests}: {json.dumps(load)}", flush=True)
+    return load
+
+
 def multipart(image_bytes: bytes) -> bytes:
     return (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
@@ -206,6 +232,9 @@ def main() -> int:
                         help="per connection at each concurrency of the sweep")  # fmt: skip
     parser.add_argument("--runs", type=int, default=100, help="bare-model timing runs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve_throughput.json")
+    parser.add_argument(
+        "--load-only", action="store_true", help="only the load run: no bare model, no sweep"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -221,6 +250,16 @@ def main() -> int:
     report: dict = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                                 "load_avg": os.getloadavg(), "python": platform.python_version()},
                     "model": str(model), "image": "640x480 JPEG", "sweep": []}  # fmt: skip
+    if args.load_only:
+        server = Server(model, work, "--queue-size", "256", "--max-batch", "8")
+        try:
+            wrk(server.url, body, 16, 3)  # warm the connections
+            report["load"] = load_run(server, body, args.requests)
+        finally:
+            server.stop()
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     report["bare"] = bare_model(model, image, 8, args.runs)
     print(f"bare model: {json.dumps(report['bare'])}", flush=True)
 
@@ -238,12 +277,7 @@ def main() -> int:
                       f"p50 {point.get('p50_ms', 0):7.2f} ms, p99 {point.get('p99_ms', 0):7.2f} "
                       f"ms, non-2xx {point['non_2xx']}", flush=True)  # fmt: skip
             if mode == "batching":
-                rss_before = server.rss_mb()
-                load = wrk(server.url, body, 16, args.requests)
-                load.update(rss_before_mb=rss_before, rss_after_mb=server.rss_mb(),
-                            server_counts=server.request_counts())  # fmt: skip
-                report["load"] = load
-                print(f"load 16 x {args.requests}: {json.dumps(load)}", flush=True)
+                report["load"] = load_run(server, body, args.requests)
         finally:
             server.stop()
 
