@@ -118,7 +118,9 @@ def load_predictor(settings: ServeSettings) -> Predictor:
     options: dict[str, Any] = {}
     if backend == "onnxruntime":
         options = {"providers": settings.providers or None, "threads": settings.threads}
-    elif backend in ("tensorrt", "torch"):
+    elif backend == "torch":
+        options = {"device": settings.device, "threads": settings.threads}
+    elif backend == "tensorrt":
         options = {"device": settings.device}
     return Predictor.from_path(settings.model, backend, **options)
 
@@ -494,8 +496,8 @@ def _request_id(request: Request) -> str | None:
 
 def _json_error(request: Request, status: int, code: str, message: str,
                 headers: dict[str, str] | None = None) -> Response:  # fmt: skip
-    return Response(error_body(code, message, _request_id(request)), status_code=status,
-                    media_type="application/json", headers=headers)  # fmt: skip
+    body = error_body(code, message, _request_id(request), request.url.path)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
@@ -575,7 +577,8 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])  # fmt: skip
     # the last added is the outermost: request ids -> body limit -> admission -> routes
-    app.add_middleware(AdmissionMiddleware, paths=INFERENCE_PATHS, admit=state.admit,
+    v2_infer = (f"/v2/models/{settings.name}/infer", f"/v2/models/{settings.name}/versions/1/infer")
+    app.add_middleware(AdmissionMiddleware, paths=INFERENCE_PATHS + v2_infer, admit=state.admit,
                        retry_after_s=RETRY_AFTER_S)  # fmt: skip
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     paths = frozenset(app.openapi()["paths"])  # the routes; FastAPI 0.165 nests included ones

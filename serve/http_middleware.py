@@ -28,8 +28,12 @@ REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def error_body(code: str, message: str, request_id: str | None = None) -> bytes:
-    """The JSON every error answers with: ``{"error": code, "message": ..., "request_id"}``."""
+def error_body(code: str, message: str, request_id: str | None = None, path: str = "") -> bytes:
+    """The JSON every error answers with: ``{"error": code, "message": ..., "request_id"}``;
+    under ``/v2`` the KServe v2 form ``{"error": message, "code": ..., "request_id"}``, which
+    is what v2 clients such as ``tritonclient`` show."""
+    if path.startswith("/v2/") or path == "/v2":
+        return json.dumps({"error": message, "code": code, "request_id": request_id}).encode()
     return json.dumps({"error": code, "message": message, "request_id": request_id}).encode()
 
 
@@ -67,16 +71,17 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = scope.get("state", {}).get("request_id")
+        path = scope.get("path", "")
         declared = _header(scope, b"content-length")
         message = f"the request body is larger than the limit of {self.max_bytes} bytes"
         if declared is not None:
             if not declared.isdigit():
-                body = error_body("bad_request", "invalid Content-Length", request_id)
+                body = error_body("bad_request", "invalid Content-Length", request_id, path)
                 await send_json(send, 400, body, [(b"connection", b"close")])
                 return
             if int(declared) > self.max_bytes:
                 body = error_body("body_too_large", f"{message} ({declared} bytes declared)",
-                                  request_id)  # fmt: skip
+                                  request_id, path)  # fmt: skip
                 await send_json(send, 413, body, [(b"connection", b"close")])
                 return
         received = 0
@@ -106,7 +111,7 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             pass
         if overflow and not started:
-            body = error_body("body_too_large", message, request_id)
+            body = error_body("body_too_large", message, request_id, path)
             await send_json(send, 413, body, [(b"connection", b"close")])
 
 
@@ -135,7 +140,7 @@ class AdmissionMiddleware:
             outcome = self.admit()
             if isinstance(outcome, str):
                 request_id = scope.get("state", {}).get("request_id")
-                body = error_body("overloaded", outcome, request_id)
+                body = error_body("overloaded", outcome, request_id, scope["path"])
                 await send_json(send, 503, body, [(b"retry-after", self.retry_after)])
                 return
             if outcome is not None:

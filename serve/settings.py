@@ -57,7 +57,7 @@ class ServeSettings(BaseSettings):
         "(default: TensorRT EP, CUDA EP, CPU, those installed)",
     )
     threads: int = Field(
-        default_factory=usable_cpus, ge=1, description="ONNX Runtime intra-op threads"
+        default_factory=usable_cpus, ge=1, description="ONNX Runtime (and PyTorch) intra-op threads"
     )
     max_batch: int = Field(
         8, ge=1, le=1024, description="largest batch for a dynamic-batch model (a fixed-batch "

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="default: from the model file's suffix")  # fmt: skip
     parser.add_argument("--device", type=int, help="GPU index (TensorRT, torch)")
     parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: the cores)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime/torch threads (default: cores)")
     parser.add_argument("--max-batch", type=int, help="largest dynamic batch (default 8)")
     parser.add_argument("--max-delay-ms", type=float, help="batching wait (default 0)")
     parser.add_argument("--queue-size", type=int, help="waiting requests before 503 (default 64)")

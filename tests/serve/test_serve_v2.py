@@ -346,6 +346,9 @@ def test_30_mb_bodies_are_refused_and_counted(server, client):
             "Inference-Header-Content-Length: 100\r\n").encode()  # fmt: skip
     declared = raw_post(server.port, head + b"Content-Length: %d\r\n\r\n" % total, [])
     assert declared.startswith(b"HTTP/1.1 413"), declared[:200]
+    # answered by the body-limit middleware, in the v2 form: the message under "error"
+    error = json.loads(declared.split(b"\r\n\r\n", 1)[1])
+    assert error["code"] == "body_too_large" and "larger than the limit" in error["error"]
     part = b"\x01" * 65536
     chunks = (b"%x\r\n" % len(part) + part + b"\r\n" for _ in range(total // len(part)))
     streamed = raw_post(server.port, head + b"Transfer-Encoding: chunked\r\n\r\n", chunks)
@@ -403,6 +406,9 @@ def test_deadline_504_and_full_queue_503_in_process(serve_onnx):
         time.sleep(0.5)  # the first waits 1.5 s in the queue for company
         second = client.post(INFER, content=content, headers=headers)
         assert second.status_code == 503 and second.json()["code"] == "overloaded"
+        # refused on arrival by the admission middleware (before its body was read), in the
+        # v2 form: the message under "error"
+        assert "requests are already waiting" in second.json()["error"]
         assert second.headers["retry-after"] == "1"
         assert first.result().status_code == 200
 
