@@ -178,10 +178,11 @@ def machine(path: Path) -> str:
 
 
 def serve_sweeps(bench_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """``serve_throughput*.json`` files that hold a concurrency sweep, by name."""
+    """``serve_throughput*.json`` files that hold a concurrency sweep (a load-only run has an
+    empty one), by name."""
     for path in sorted(bench_dir.glob("serve_throughput*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and data.get("sweep") and data.get("bare"):
+        if isinstance(data, dict) and data.get("sweep"):
             yield path, data
 
 
@@ -322,14 +323,18 @@ def plot_serve(bench_dir: Path) -> Figure | None:
         "load_avg", [0.0])[0])  # fmt: skip
     if not sweeps:
         return None
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.5), squeeze=False)
-    for ax, (path, data) in zip(axes[0], sweeps):
+    cols = min(len(sweeps), 2)
+    rows = -(-len(sweeps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(sweeps) :]:
+        ax.set_visible(False)
+    for ax, (path, data) in zip(axes.flat, sweeps):
         modes = sorted({p["mode"] for p in data["sweep"]})
         for mode in modes:
             points = sorted((p["connections"], p["requests_per_s"])
                             for p in data["sweep"] if p["mode"] == mode)  # fmt: skip
             ax.plot(*zip(*points), marker="o", label=f"server, {mode}")
-        bare = data["bare"]
+        bare = data.get("bare", {})
         for key, style in (("raw_images_per_s_batch1", ":"), ("raw_images_per_s_batch8", "--")):
             if key in bare:
                 batch = key.rsplit("batch", 1)[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import re
 import shlex
 import sys
@@ -129,11 +130,12 @@ def test_sources_missing_means_no_plots(tmp_path: Path) -> None:
 
 def test_serve_sweeps_read_every_sweep_json() -> None:
     found = dict(plots.serve_sweeps(BENCH))
-    files = [p for p in BENCH.glob("serve_throughput*.json") if '"sweep"' in p.read_text()]
+    data = {p: json.loads(p.read_text()) for p in BENCH.glob("serve_throughput*.json")}
+    files = [p for p, d in data.items() if isinstance(d, dict) and d.get("sweep")]
     assert set(found) == set(files) and found
-    for data in found.values():  # what plot_serve draws: a line per mode over connections
-        assert {p["mode"] for p in data["sweep"]} and all(
-            p["connections"] >= 1 and p["requests_per_s"] > 0 for p in data["sweep"]
+    for run in found.values():  # what plot_serve draws: a line per mode over connections
+        assert {p["mode"] for p in run["sweep"]} and all(
+            p["connections"] >= 1 and p["requests_per_s"] > 0 for p in run["sweep"]
         )
 
 
