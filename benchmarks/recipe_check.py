@@ -168,9 +168,9 @@ def cpu_name() -> str:
 
 
 TABLE_HEADER = (
-    "| dataset | model | recipe | epochs | imgsz | train/val | mAP | mAP50 | best ep. "
+    "| dataset | model | recipe | epochs | imgsz | seed | train/val | mAP | mAP50 | best ep. "
     "| last mAP | minutes | s/epoch | load | date |\n"
-    "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"
+    "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"
 )
 
 
@@ -180,10 +180,10 @@ def format_row(cell: dict[str, Any]) -> str:
     epoch_s = cell.get("median_epoch_s")
     return (
         f"| {cell['dataset']} | {cell['model']} | {cell['recipe']} | {cell['epochs']} | "
-        f"{cell['imgsz']} | {cell['train_images']}/{cell['val_images']} | {cell['mAP']:.3f} | "
-        f"{cell['mAP50']:.3f} | {cell['best_epoch']} | {cell['last_mAP']:.3f} | "
-        f"{cell['minutes']:.1f} | {'-' if epoch_s is None else f'{epoch_s:.1f}'} | {load} | "
-        f"{cell['date']} |"
+        f"{cell['imgsz']} | {cell['seed']} | {cell['train_images']}/{cell['val_images']} | "
+        f"{cell['mAP']:.3f} | {cell['mAP50']:.3f} | {cell['best_epoch']} | "
+        f"{cell['last_mAP']:.3f} | {cell['minutes']:.1f} | "
+        f"{'-' if epoch_s is None else f'{epoch_s:.1f}'} | {load} | {cell['date']} |"
     )
 
 

@@ -110,7 +110,7 @@ def test_one_epoch_check_writes_and_skips(tmp_path: Path, capsys) -> None:
     assert Path(cell["run_dir"]).parent == tmp_path / "out" / "runs"
     text = table.read_text()
     assert "benchmarks/recipe_check.py --models yolox_nano" in text
-    assert text.count("| synth_lookalike | yolox_nano | ours | 1 | 64 | 8/2 |") == 1
+    assert text.count("| synth_lookalike | yolox_nano | ours | 1 | 64 | 0 | 8/2 |") == 1
 
     capsys.readouterr()
     assert rc.main(argv) == 0  # already there: nothing trained, nothing appended
