@@ -40,9 +40,9 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+import serve_throughput  # beside this script: its Server runs detector serve
 
 ROOT = Path(__file__).resolve().parents[1]
-STARTED = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 BOUNDARY = "benchv2boundary"
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -115,41 +115,13 @@ def v2_body(jpeg: bytes, conf: float) -> tuple[bytes, dict[str, str]]:
     }
 
 
-class Server:
-    """``detector serve`` on 127.0.0.1, a free port."""
-
-    def __init__(self, model: Path, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
-        self.log = log
-        with open(log, "w") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "detector", "serve", "--model", str(model), "--port", "0"],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env=env,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            match = STARTED.search(log.read_text())
-            if match:
-                self.url = f"http://127.0.0.1:{match.group(1)}"
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{log.read_text()[-2000:]}")
+class Server(serve_throughput.Server):
+    """``detector serve`` on 127.0.0.1, a free port (serve_throughput's), with its CPU time."""
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system, all threads) the server has used so far."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
 
 
 def wrk(url: str, script: Path, connections: int, seconds: int, warm_up: bool = False) -> dict:
@@ -266,7 +238,7 @@ def main() -> int:
             script = folder / f"{name}.lua"
             script.write_text(WRK_SCRIPT % {"headers": lines, "body": folder / f"{name}.body"})
             scripts[name] = script
-        server = Server(model, folder / "server.log")
+        server = Server(model, folder)
         try:
             detections = same_detections(server.url, jpeg, args.conf)
             for name, (path, _) in routes.items():  # warm-up: connections, threads, allocator

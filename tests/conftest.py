@@ -1,4 +1,5 @@
-"""Small generated datasets shared by the training and command-line tests."""
+"""Small generated datasets shared by the training and command-line tests, and one small exported
+ONNX model shared by the serving and deployment tests."""
 
 from __future__ import annotations
 
@@ -27,3 +28,26 @@ def memorise_data(tiny_data: Path) -> Path:
     path = tiny_data.parent / "memorise.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.fixture(scope="session")
+def nano_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """yolox_nano, 3 classes ``a b c``, 128 px, dynamic batch, exported with this environment's
+    PyTorch; its checkpoint ``nano.pt`` lies beside it. Detection heads' biases are spread so
+    scores cover 0-1 instead of the 1e-4 of the objectness prior."""
+    import torch
+
+    from detector.engine.checkpoint import save_atomic
+    from detector.models import build_model
+    from export.onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("nano_model")
+    torch.manual_seed(0)
+    model = build_model("yolox_nano", num_classes=3)
+    with torch.no_grad():
+        for conv in (*model.head.obj_preds, *model.head.cls_preds):
+            conv.bias.normal_(0.0, 1.5)
+    meta = {"model_name": "yolox_nano", "num_classes": 3, "class_names": ["a", "b", "c"],
+            "input_size": [128, 128]}  # fmt: skip
+    weights = save_atomic({"model": model.state_dict(), "meta": meta}, folder / "nano.pt")
+    return export_onnx(weights, folder / "nano.onnx", dynamic=True)

@@ -1,27 +1,14 @@
-"""One small exported ONNX model (nano, 3 classes, dynamic batch, 128 px) for runtime tests."""
+"""The serving tests' model: the shared small nano ONNX (``tests/conftest.py``), under the name
+these tests use."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
-
-from detector.engine.checkpoint import save_atomic
-from detector.models import build_model
 
 
 @pytest.fixture(scope="session")
-def serve_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.onnx import export_onnx
-
-    folder = tmp_path_factory.mktemp("serve_model")
-    torch.manual_seed(0)
-    model = build_model("yolox_nano", num_classes=3)
-    with torch.no_grad():  # scores spread over 0-1 instead of the 1e-4 of the objectness prior
-        for conv in (*model.head.obj_preds, *model.head.cls_preds):
-            conv.bias.normal_(0.0, 1.5)
-    meta = {"model_name": "yolox_nano", "num_classes": 3, "class_names": ["a", "b", "c"],
-            "input_size": [128, 128]}  # fmt: skip
-    weights = save_atomic({"model": model.state_dict(), "meta": meta}, folder / "nano.pt")
-    return export_onnx(weights, folder / "nano.onnx", dynamic=True)
+def serve_onnx(nano_onnx: Path) -> Path:
+    """nano, 3 classes, dynamic batch, 128 px; ``nano.pt`` beside it."""
+    return nano_onnx
