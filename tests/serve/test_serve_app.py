@@ -22,22 +22,9 @@ import pytest
 from serve.runtime import Predictor
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_live import LiveServer, encode, noise  # noqa: E402
+from serve_live import encode, noise  # noqa: E402
 
 CONF, IOU = 0.3, 0.45
-
-
-@pytest.fixture(scope="module")
-def server(serve_onnx, tmp_path_factory):
-    live = LiveServer(serve_onnx, tmp_path_factory.mktemp("live"), "--max-delay-ms", "5")
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with server.client() as http:
-        yield http
 
 
 def detect(client, data: bytes, name: str = "image.png", **params):

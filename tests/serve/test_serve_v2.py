@@ -21,26 +21,13 @@ from serve.app import create_app
 from serve.settings import ServeSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_live import LiveServer, encode, noise  # noqa: E402
+from serve_live import encode, noise  # noqa: E402
 from test_serve_app import bomb_png, raw_post  # noqa: E402
 from v2_client import OUTPUTS, describe, detect_v2  # noqa: E402
 
 CONF, IOU = 0.3, 0.45
 MODEL = "detector"
 INFER = f"/v2/models/{MODEL}/infer"
-
-
-@pytest.fixture(scope="module")
-def server(serve_onnx, tmp_path_factory):
-    live = LiveServer(serve_onnx, tmp_path_factory.mktemp("live_v2"), "--max-delay-ms", "5")
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with server.client() as http:
-        yield http
 
 
 @pytest.fixture(scope="module")
