@@ -252,9 +252,9 @@ def test_page_draws_the_same_detections_as_the_api(server, page, tmp_path):
     with page.expect_response(lambda r: "/v1/detect" in r.url) as answer:
         set_slider(page, lowest)
     assert f"conf={lowest}" in answer.value.url
-    page.wait_for_function(
-        f"document.querySelector('#detections').dataset.count === '{len(expected_lowest)}'"
-    )
+    # selectors, not wait_for_function: a string predicate that has to be polled is evaluated
+    # by eval in the page, which its CSP (no 'unsafe-eval') refuses
+    page.wait_for_selector(f"#detections[data-count='{len(expected_lowest)}']", state="attached")
     wait_done(page)
     assert_same(drawn(page), expected_lowest)
     assert detect_requests(page) == requests + 1
@@ -304,9 +304,7 @@ def test_page_works_with_api_keys(web_onnx, browser, tmp_path):
         page = context.new_page()
         page.set_default_timeout(60_000)
         page.goto(live.url + "/")  # the page itself needs no key
-        page.wait_for_function(
-            "document.querySelector('#model-info').textContent.includes('API key')"
-        )
+        page.locator("#model-info", has_text="API key").wait_for(state="attached")
         page.set_input_files("#file", IMAGE)
         page.wait_for_selector("#status[data-state=error]")
         assert "401" in page.locator("#error").text_content()
