@@ -11,12 +11,12 @@ from detector.models.blocks import DWConv
 
 
 def test_dtype_follows_device_and_cpu(monkeypatch) -> None:
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision.autocast_dtype(torch.device("cpu"), amp=True) is torch.bfloat16
     assert precision.autocast_dtype(torch.device("cuda"), amp=True) is torch.float16
     assert precision.autocast_dtype(torch.device("cpu"), amp=False) is None
     assert precision.autocast_dtype(torch.device("cuda"), amp=False) is None
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert precision.autocast_dtype(torch.device("cpu"), amp=True) is None
     assert precision.describe(None) == "float32"
     assert precision.describe(torch.bfloat16) == "bfloat16 autocast"
@@ -72,3 +72,18 @@ def test_bfloat16_training_follows_float32() -> None:
     full_tail, mixed_tail = sum(full[-10:]) / 10, sum(mixed[-10:]) / 10
     assert full_tail < 0.7 * full[0] and mixed_tail < 0.7 * mixed[0], (full, mixed)  # both learn
     assert mixed_tail < 1.25 * full_tail, (full, mixed)
+
+
+def test_native_bf16_means_amx_or_avx512_bf16(monkeypatch) -> None:
+    """AMX (Intel) and AVX-512 BF16 (AMD Zen 4, where bfloat16 steps are ~1.7x faster) both
+    count; a CPU with neither trains in float32."""
+    for amx, avx512_bf16, expected in [
+        (True, False, True),
+        (False, True, True),
+        (False, False, False),
+    ]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(
+            torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False
+        )
+        assert precision.cpu_has_native_bf16() is expected
