@@ -74,10 +74,23 @@ class Budget:
     batch: int
     seed: int
     bccd_images: int  # BCCD train images kept (0 = all 292)
+    precision: str = "fp32"  # fp32 | bf16: the trainer's CPU autocast (amp) on this machine
 
     def key(self) -> str:
-        return (f"e{self.epochs}_s{self.imgsz}_n{self.images}_b{self.batch}_seed{self.seed}"
-                f"_bccd{self.bccd_images}")  # fmt: skip
+        key = (f"e{self.epochs}_s{self.imgsz}_n{self.images}_b{self.batch}_seed{self.seed}"
+               f"_bccd{self.bccd_images}")  # fmt: skip
+        return key if self.precision == "fp32" else f"{key}_{self.precision}"
+
+    def overrides(self) -> list[str]:
+        """Trainer overrides that fix the precision (fp32: ``amp=false``)."""
+        return ["amp=false"] if self.precision == "fp32" else ["amp=true"]
+
+
+def machine_precision() -> str:
+    """``bf16`` where the trainer's default ``amp: true`` autocasts to bfloat16 on this CPU."""
+    from detector.engine.precision import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def official_overrides(epochs: int) -> list[str]:
@@ -168,9 +181,9 @@ def cpu_name() -> str:
 
 
 TABLE_HEADER = (
-    "| dataset | model | recipe | epochs | imgsz | seed | train/val | mAP | mAP50 | best ep. "
-    "| last mAP | minutes | s/epoch | load | date |\n"
-    "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"
+    "| dataset | model | recipe | epochs | imgsz | seed | precision | train/val | mAP | mAP50 "
+    "| best ep. | last mAP | minutes | s/epoch | load | date |\n"
+    "|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|"
 )
 
 
@@ -180,7 +193,8 @@ def format_row(cell: dict[str, Any]) -> str:
     epoch_s = cell.get("median_epoch_s")
     return (
         f"| {cell['dataset']} | {cell['model']} | {cell['recipe']} | {cell['epochs']} | "
-        f"{cell['imgsz']} | {cell['seed']} | {cell['train_images']}/{cell['val_images']} | "
+        f"{cell['imgsz']} | {cell['seed']} | {cell.get('precision', 'fp32')} | "
+        f"{cell['train_images']}/{cell['val_images']} | "
         f"{cell['mAP']:.3f} | {cell['mAP50']:.3f} | {cell['best_epoch']} | "
         f"{cell['last_mAP']:.3f} | {cell['minutes']:.1f} | "
         f"{'-' if epoch_s is None else f'{epoch_s:.1f}'} | {load} | {cell['date']} |"
@@ -291,7 +305,7 @@ def train_cell(dataset: str, model: str, recipe: str, recipe_args: list[str], da
     overrides = [
         f"epochs={budget.epochs}", f"imgsz={budget.imgsz}", f"batch={budget.batch}",
         f"seed={budget.seed}", f"output_dir={out / 'runs'}", f"name={name}", "plots=false",
-        f"eval_interval={max(budget.epochs // 2, 1)}",
+        f"eval_interval={max(budget.epochs // 2, 1)}", *budget.overrides(),
         *([f"workers={workers}"] if workers is not None else []),
         *recipe_args,
     ]  # fmt: skip
@@ -305,6 +319,7 @@ def train_cell(dataset: str, model: str, recipe: str, recipe_args: list[str], da
         "dataset": dataset, "model": model, "recipe": recipe, "overrides": recipe_args,
         "all_overrides": overrides, "epochs": budget.epochs, "imgsz": budget.imgsz,
         "batch": budget.batch, "seed": budget.seed, "budget": budget.key(),
+        "precision": budget.precision,
         "train_images": len(build_dataset(config, "train").records),
         "val_images": len(build_dataset(config, "val").records),
         "minutes": minutes, "run_dir": str(run_dir), "cpu": cpu_name(),
@@ -338,6 +353,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: what the trainer's default amp gives on this CPU (bf16 with AMX or AVX-512 "
+        "BF16, else fp32)",
+    )
     parser.add_argument("--workers", type=int, help="loader workers (default: the trainer's)")
     parser.add_argument("--out", default=str(REPO / "runs" / "recipe_check"))
     parser.add_argument("--results", default=str(DEFAULT_RESULTS))
@@ -371,7 +393,9 @@ def plan_of(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], dict[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    budget = Budget(args.epochs, args.imgsz, args.images, args.batch, args.seed, args.bccd_images)
+    precision = machine_precision() if args.precision == "auto" else args.precision
+    budget = Budget(args.epochs, args.imgsz, args.images, args.batch, args.seed, args.bccd_images,
+                    precision)  # fmt: skip
     plan, custom = plan_of(args)
     results = Path(args.results)
     cells = load_results(results)

@@ -99,18 +99,19 @@ def test_one_epoch_check_writes_and_skips(tmp_path: Path, capsys) -> None:
     argv = ["--models", "yolox_nano", "--datasets", "synth_lookalike", "--recipes", "ours",
             "--epochs", "1", "--imgsz", "64", "--images", "10", "--batch", "4", "--workers", "0",
             "--out", str(tmp_path / "out"), "--results", str(results),
-            "--table", str(table)]  # fmt: skip
+            "--table", str(table), "--precision", "fp32"]  # fmt: skip
     assert rc.main(argv) == 0
     cells = json.loads(results.read_text())["cells"]
     assert len(cells) == 1
     ((key, cell),) = cells.items()
     assert key == "synth_lookalike|yolox_nano|ours|e1_s64_n10_b4_seed0_bccd0"
     assert (cell["train_images"], cell["val_images"], cell["best_epoch"]) == (8, 2, 1)
+    assert cell["precision"] == "fp32" and "amp=false" in cell["all_overrides"]
     assert 0.0 <= cell["mAP"] <= cell["mAP50"] <= 1.0
     assert Path(cell["run_dir"]).parent == tmp_path / "out" / "runs"
     text = table.read_text()
     assert "benchmarks/recipe_check.py --models yolox_nano" in text
-    assert text.count("| synth_lookalike | yolox_nano | ours | 1 | 64 | 0 | 8/2 |") == 1
+    assert text.count("| synth_lookalike | yolox_nano | ours | 1 | 64 | 0 | fp32 | 8/2 |") == 1
 
     capsys.readouterr()
     assert rc.main(argv) == 0  # already there: nothing trained, nothing appended
@@ -119,3 +120,12 @@ def test_one_epoch_check_writes_and_skips(tmp_path: Path, capsys) -> None:
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
     assert rc.pending(cells, [("synth_lookalike", "yolox_nano", "ours")],
                       rc.Budget(2, 64, 10, 4, 0, 0), force=False) != []  # fmt: skip
+
+
+def test_precision_is_part_of_the_cell() -> None:
+    """A bfloat16 cell never stands in for a float32 one (older float32 keys keep their form)."""
+    fp32 = rc.Budget(16, 256, 240, 8, 0, 0)
+    bf16 = rc.Budget(16, 256, 240, 8, 0, 0, "bf16")
+    assert fp32.key() == "e16_s256_n240_b8_seed0_bccd0"
+    assert bf16.key() == fp32.key() + "_bf16"
+    assert fp32.overrides() == ["amp=false"] and bf16.overrides() == ["amp=true"]
