@@ -47,6 +47,24 @@ def test_model_defaults_sit_between_defaults_and_overrides():
     assert s.multiscale_bounds(640) == (480, 800)
 
 
+def test_nano_short_runs_take_their_own_rate_and_no_aug_length():
+    """nano's YAML doubles the short-run AdamW rate and shortens the no-aug phase (issue 13);
+    tiny keeps the shared values, long runs and the official schedule are untouched, and the
+    user's own keys still win."""
+    nano = get_model_config("yolox_nano").train
+    short = build_train_config(model_defaults=nano, overrides=["epochs=30"])
+    assert (short.optimizer, short.lr_per_64, short.no_aug_epochs) == ("adamw", 0.024, 3)
+    assert short.warmup_epochs == 2 and short.multiscale_range == 0
+    mine = build_train_config(model_defaults=nano, overrides=["epochs=30", "lr_per_64=0.006"])
+    assert (mine.lr_per_64, mine.no_aug_epochs) == (0.006, 3)
+    for overrides in (["epochs=300"], ["epochs=30", "schedule=yolox"]):
+        official = build_train_config(model_defaults=nano, overrides=overrides)
+        assert (official.optimizer, official.lr_per_64, official.no_aug_epochs) == ("sgd", 0.01, 15)
+    tiny = build_train_config(model_defaults=get_model_config("yolox_tiny").train,
+                              overrides=["epochs=30"])  # fmt: skip
+    assert (tiny.optimizer, tiny.lr_per_64, tiny.no_aug_epochs) == ("adamw", 0.012, 5)
+
+
 def test_bad_overrides_are_clear_errors():
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         build_train_config(overrides=["epoch=3"])
