@@ -51,7 +51,10 @@ from detector.preprocess import PreprocessSpec
 logger = logging.getLogger(__name__)
 
 LOSS_TERMS = ("total", "iou", "obj", "cls", "l1", "num_fg")
-CSV_FIELDS = ("epoch", "iteration", "lr", *LOSS_TERMS, "images_per_s", "epoch_s", "mAP", "mAP50")
+CSV_FIELDS = (
+    "epoch", "iteration", "lr", *LOSS_TERMS, "images_per_s", "epoch_s", "data_wait_s", "mAP",
+    "mAP50",
+)  # fmt: skip
 
 
 @dataclass
@@ -209,7 +212,9 @@ class Trainer:
             leave=True,
         )
         lr = self.base_lr
+        data_wait, asked = 0.0, time.perf_counter()  # time blocked on the loader for a batch
         for i, batch in enumerate(self.loader):
+            data_wait += time.perf_counter() - asked
             iteration = epoch * self.iters_per_epoch + i
             lr = self._set_lr(iteration)
             if bounds is not None and not use_l1 and i % config.multiscale_interval == 0:
@@ -227,6 +232,7 @@ class Trainer:
             if self.is_main:
                 bar.set_postfix_str(self._postfix(losses, lr, rate, epoch, i), refresh=False)
                 bar.update(1)
+            asked = time.perf_counter()
         bar.close()
         means = {k: v / max(self.iters_per_epoch, 1) for k, v in sums.items()}
         means = dist.reduce_mean(means, self.device)
@@ -234,6 +240,7 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "iteration": self.state.iteration, "lr": lr}
         row.update(means)
         row["images_per_s"] = images_seen / max(elapsed, 1e-9)
+        row["data_wait_s"] = data_wait
         return row
 
     def train_step(self, batch, use_l1: bool) -> dict[str, float]:
