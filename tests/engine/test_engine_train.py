@@ -58,6 +58,8 @@ def test_nano_memorises_a_few_images(memorise_data: Path, tmp_path: Path) -> Non
     first, last = float(rows[0]["total"]), float(rows[-1]["total"])
     assert last < 0.5 * first, (first, last)
     assert float(rows[-1]["mAP50"]) > 0.5, rows[-1]
+    # the loader's share of each epoch is recorded: a part of the epoch's time, never more
+    assert all(0.0 <= float(r["data_wait_s"]) <= float(r["epoch_s"]) for r in rows)
     best = read_checkpoint(run_dir / "weights" / "best.pt")
     assert best["meta"]["class_names"] == ["circle", "rectangle", "triangle"]
     assert best["meta"]["model_name"] == "yolox_nano"
