@@ -41,6 +41,7 @@ LOG = logging.getLogger("train_step")
 # name -> (our model name, official exp name, input size, batch)
 CASES = {
     "nano": ("yolox_nano", "yolox-nano", 416, 8),
+    "tiny": ("yolox_tiny", "yolox-tiny", 416, 8),
     "s": ("yolox_s", "yolox-s", 640, 4),
 }
 NUM_CLASSES = 80
@@ -160,6 +161,68 @@ class OursAmp(Ours):
         return [m.float() for m in maps]
 
 
+class OursNCHW(Ours):
+    """Ours in float32 with ``channels_last: false``: what the NHWC layout is worth here."""
+
+    name = "ours_nchw"
+
+    def __init__(self, model_name: str, images: Tensor, boxes: Tensor, labels: Tensor) -> None:
+        super().__init__(model_name, images, boxes, labels)
+        self.model = self.model.to(memory_format=torch.contiguous_format)
+        self.optim = build_sgd(self.model, lr=1e-4)
+        self.images = images.contiguous()
+
+
+class Yolo11n(Side):
+    """Ultralytics yolo11n as its trainer takes a step on the CPU: float32, NCHW, its
+    ``v8DetectionLoss`` (task-aligned assignment, DFL) through ``model.loss``, AdamW (what its
+    ``optimizer=auto`` picks for short runs). Only where ``ultralytics`` is importable (AGPL: a
+    separate environment, see peer_ultralytics.py); its assignment time is not split out."""
+
+    name = "yolo11n"
+
+    def __init__(self, images: Tensor, boxes: Tensor, labels: Tensor) -> None:
+        from ultralytics.cfg import get_cfg
+        from ultralytics.nn.tasks import DetectionModel
+
+        self.model = DetectionModel("yolo11n.yaml", nc=NUM_CLASSES, verbose=False).train()
+        self.model.args = get_cfg()  # the loss gains (box, cls, dfl) its trainer sets
+        self.optim = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        size = images.shape[-1]
+        keep = labels >= 0
+        image_index = torch.arange(labels.shape[0])[:, None].expand_as(labels)[keep]
+        self.batch = {
+            "img": images / 255.0,  # its loader's float input
+            "batch_idx": image_index.float(),
+            "cls": labels[keep].float()[:, None],
+            "bboxes": xyxy_to_cxcywh(boxes[keep]) / size,  # normalised cx, cy, w, h
+        }
+        self.assign_timer = Timer()
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        loss, _ = self.model.loss(self.batch)
+        self.optim.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        self.optim.step()
+        elapsed = time.perf_counter() - start
+        self.assign_timer.close_step()
+        return elapsed
+
+    def loss_only(self, maps: list[Tensor]) -> float:
+        """Not comparable (other head outputs): reported as 0."""
+        self.assign_timer.close_step()
+        return 0.0
+
+
+def peer_available() -> bool:
+    try:
+        import ultralytics  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class Official(Side):
     name = "official"
 
@@ -210,7 +273,11 @@ class Official(Side):
         return elapsed
 
 
-def run_case(case: str, repeats: int, warmup: int, boxes_per_image: int) -> dict[str, object]:
+def run_case(
+    case: str, repeats: int, warmup: int, boxes_per_image: int, extra: bool = False
+) -> dict[str, object]:
+    """Time every side on one case; ``extra`` adds ``ours_nchw`` and, where Ultralytics is
+    installed, ``yolo11n``."""
     ours_name, exp_name, size, batch = CASES[case]
     images, boxes, labels = synthetic_batch(size, batch, boxes_per_image, seed=0)
     torch.manual_seed(0)
@@ -219,6 +286,10 @@ def run_case(case: str, repeats: int, warmup: int, boxes_per_image: int) -> dict
         Ours(ours_name, images, boxes, labels),
         OursAmp(ours_name, images, boxes, labels),
     ]
+    if extra:
+        sides.append(OursNCHW(ours_name, images, boxes, labels))
+        if peer_available():
+            sides.append(Yolo11n(images, boxes, labels))
     with torch.no_grad():
         raw = [m.detach() for m in sides[1].model(images)]  # type: ignore[attr-defined]
     times: dict[str, list[float]] = {s.name: [] for s in sides}
@@ -253,11 +324,12 @@ def run_case(case: str, repeats: int, warmup: int, boxes_per_image: int) -> dict
             "loss_s": statistics.median(loss_times[side.name]),
         }
     official = result["official"]
-    for name in ("ours", "ours_amp"):
+    for name in [s.name for s in sides if s.name != "official"]:
         ours = result[name]
         result[f"{name}_ratio"] = ours["step_s"] / official["step_s"]  # type: ignore[index]
         result[f"{name}_loss_ratio"] = ours["loss_s"] / official["loss_s"]  # type: ignore[index]
         result[f"{name}_min_ratio"] = ours["step_min_s"] / official["step_min_s"]  # type: ignore[index]
+    result["sides"] = [s.name for s in sides]
     detector.losses.simota_assign = SIMOTA_ASSIGN
     return result
 
@@ -269,6 +341,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--boxes", type=int, default=4, help="at most this many boxes per image")
+    parser.add_argument(
+        "--extra",
+        action="store_true",
+        help="also ours in NCHW float32 and, where Ultralytics is installed, yolo11n",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -279,16 +356,18 @@ def main() -> None:
         f"{describe(autocast_dtype(torch.device('cpu'), amp=True))}"
     )
     print(
-        "| case | side | step s (median) | ours / official | step s (min) | ours / official "
-        "| assignment s (in the step) | assignment share | loss fwd+bwd alone s | ours / official |"
+        "| case | side | step s (median) | side / official | step s (min) | side / official "
+        "| assignment s (in the step) | assignment share | loss fwd+bwd alone s | side / official |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
-        r = run_case(case, args.repeats, args.warmup, args.boxes)
-        for side in ("official", "ours", "ours_amp"):
+        r = run_case(case, args.repeats, args.warmup, args.boxes, args.extra)
+        for side in r["sides"]:  # type: ignore[union-attr]
             s = r[side]
             ratio = f"{r[side + '_ratio']:.2f}" if side != "official" else ""
             loss_ratio = f"{r[side + '_loss_ratio']:.2f}" if side != "official" else ""
+            if side == "yolo11n":  # its loss is not split out
+                loss_ratio = "-"
             min_ratio = f"{r[side + '_min_ratio']:.2f}" if side != "official" else ""
             print(
                 f"| {case}@{r['size']} b{r['batch']} | {side} | {s['step_s']:.3f} | {ratio} | "
