@@ -3,7 +3,9 @@
 Measures, in one run on this machine:
 
 - the bare model: network-only latency at batch 1 (p50), and the raw backend's throughput
-  (images/s) at batch 1 and at the server's max batch;
+  (images/s) at batch 1 and at the server's max batch (one caller: the ratio's baseline); for
+  reference also two threads calling the same session at once (and a 1-thread session called
+  by two), which is what the server does with ``--lanes 2``;
 - ``detector serve`` on 127.0.0.1 with batching on (max batch 8, no added delay: requests that
   arrive during a run form the next batch) and off (max batch 1): throughput and p50/p99 at
   concurrency 1, 4 and 16 (``wrk``, a fixed number of requests per point), the ratio to the
@@ -14,6 +16,7 @@ Measures, in one run on this machine:
 Usage::
 
     python benchmarks/serve_throughput.py [--model M.onnx] [--imgsz 416] [--requests 1000]
+        [--lanes 2] [--threads 1] [--only-batching]
 
 Without ``--model`` a randomly initialised yolox_nano is exported at ``--imgsz`` (speed does not
 depend on the weights). Needs ``wrk`` (Debian: ``apt-get install wrk``). Writes a table to
@@ -66,9 +69,24 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def two_callers(predictor, many: np.ndarray, batches: int) -> float:
+    """Images/s with two threads each running ``batches`` x ``many`` on the same predictor."""
+    threads = [
+        threading.Thread(target=lambda: [predictor.run(many) for _ in range(batches)])
+        for _ in range(2)
+    ]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return 2 * batches * len(many) / (time.perf_counter() - start)
+
+
 def bare_model(model: Path, image: np.ndarray, max_batch: int, runs: int) -> dict:
     """Network-only latency at batch 1, raw throughput at batch 1 and ``max_batch``, and the
-    whole ``Predictor.predict`` (pre + network + post) latency."""
+    whole ``Predictor.predict`` (pre + network + post) latency; for reference, the throughput
+    at ``max_batch`` with two concurrent callers (same session; a 1-thread session)."""
     from serve.runtime import Predictor
 
     predictor = Predictor.from_path(model)
@@ -92,12 +110,20 @@ def bare_model(model: Path, image: np.ndarray, max_batch: int, runs: int) -> dic
     for _ in range(batches):
         predictor.run(many)
     batched = batches * max_batch / (time.perf_counter() - start)
+    both = two_callers(predictor, many, max(batches // 2, 2))
+    single = Predictor.from_path(model, threads=1)
+    two_callers(single, many, 1)  # warm-up
+    both_single = two_callers(single, many, max(batches // 2, 2))
+    single.close()
     return {
         "network_p50_ms": statistics.median(latency) * 1000,
         "network_p99_ms": percentile(latency, 99) * 1000,
         "predict_p50_ms": statistics.median(predict) * 1000,
         "raw_images_per_s_batch1": 1 / statistics.mean(latency),
         f"raw_images_per_s_batch{max_batch}": batched,
+        # reference only (not the ratio's baseline): two threads calling run at once
+        f"raw_images_per_s_batch{max_batch}_two_callers": both,
+        f"raw_images_per_s_batch{max_batch}_two_callers_1thread_session": both_single,
         "providers": getattr(predictor.backend, "providers", None),
     }
 
@@ -235,7 +261,14 @@ def main() -> int:
     parser.add_argument(
         "--load-only", action="store_true", help="only the load run: no bare model, no sweep"
     )
+    parser.add_argument("--lanes", type=int, help="the server's --lanes (default: its own)")
+    parser.add_argument("--threads", type=int, help="the server's --threads (default: its own)")
+    parser.add_argument(
+        "--only-batching", action="store_true", help="batching sweep only: no unbatched, no load"
+    )
     args = parser.parse_args()
+    server_flags = [*(["--lanes", str(args.lanes)] if args.lanes else []),
+                    *(["--threads", str(args.threads)] if args.threads else [])]  # fmt: skip
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -249,9 +282,10 @@ def main() -> int:
 
     report: dict = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                                 "load_avg": os.getloadavg(), "python": platform.python_version()},
-                    "model": str(model), "image": "640x480 JPEG", "sweep": []}  # fmt: skip
+                    "model": str(model), "image": "640x480 JPEG", "sweep": [],
+                    "server_flags": server_flags}  # fmt: skip
     if args.load_only:
-        server = Server(model, work, "--queue-size", "256", "--max-batch", "8")
+        server = Server(model, work, "--queue-size", "256", "--max-batch", "8", *server_flags)
         try:
             wrk(server.url, body, 16, 3)  # warm the connections
             report["load"] = load_run(server, body, args.requests)
@@ -265,8 +299,10 @@ def main() -> int:
 
     modes = {"batching": ["--max-batch", "8", "--max-delay-ms", "0"],
              "no batching": ["--max-batch", "1", "--max-delay-ms", "0"]}  # fmt: skip
+    if args.only_batching:
+        del modes["no batching"]
     for mode, flags in modes.items():
-        server = Server(model, work, "--queue-size", "256", *flags)
+        server = Server(model, work, "--queue-size", "256", *flags, *server_flags)
         try:
             for connections in (1, 4, 16):
                 wrk(server.url, body, connections, 3)  # warm the connections
@@ -276,7 +312,7 @@ def main() -> int:
                 print(f"{mode:12s} c={connections:2d}: {point['requests_per_s']:7.1f} req/s, "
                       f"p50 {point.get('p50_ms', 0):7.2f} ms, p99 {point.get('p99_ms', 0):7.2f} "
                       f"ms, non-2xx {point['non_2xx']}", flush=True)  # fmt: skip
-            if mode == "batching":
+            if mode == "batching" and not args.only_batching:
                 report["load"] = load_run(server, body, args.requests)
         finally:
             server.stop()
@@ -287,10 +323,14 @@ def main() -> int:
     c1 = {p["mode"]: p for p in report["sweep"] if p["connections"] == 1}
     report["ratios"] = {
         "c16_batching_vs_raw": c16["batching"]["requests_per_s"] / raw,
-        "c16_no_batching_vs_raw": c16["no batching"]["requests_per_s"] / raw,
         "c1_request_p50_vs_network_p50": c1["batching"]["p50_ms"] / bare["network_p50_ms"],
         "c1_request_p50_vs_predict_p50": c1["batching"]["p50_ms"] / bare["predict_p50_ms"],
+        # reference: against the bare session with two concurrent callers
+        "c16_batching_vs_raw_two_callers": c16["batching"]["requests_per_s"]
+        / bare["raw_images_per_s_batch8_two_callers"],
     }
+    if "no batching" in c16:
+        report["ratios"]["c16_no_batching_vs_raw"] = c16["no batching"]["requests_per_s"] / raw
     report["machine"]["load_avg_after"] = os.getloadavg()
     print("\n| mode | concurrency | req/s | p50 ms | p99 ms | vs raw |\n|---|---|---|---|---|---|")
     for p in report["sweep"]:
@@ -298,7 +338,10 @@ def main() -> int:
               f"{p.get('p50_ms', 0):.2f} | {p.get('p99_ms', 0):.2f} | "
               f"{p['requests_per_s'] / raw:.2f} |")  # fmt: skip
     print(f"\nraw backend: {raw:.1f} images/s; network p50 {bare['network_p50_ms']:.2f} ms; "
-          f"predict p50 {bare['predict_p50_ms']:.2f} ms")  # fmt: skip
+          f"predict p50 {bare['predict_p50_ms']:.2f} ms; for reference two callers at batch 8: "
+          f"{bare['raw_images_per_s_batch8_two_callers']:.1f} images/s (same session), "
+          f"{bare['raw_images_per_s_batch8_two_callers_1thread_session']:.1f} (1-thread "
+          f"session)")  # fmt: skip
     print(json.dumps(report["ratios"], indent=1))
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -2,11 +2,11 @@
 
 The model is loaded and warmed up in the app's lifespan (never at import); ``/readyz`` answers
 200 only after that. Requests flow: body-size limit -> multipart parse -> image sniffed, size
-checked from its header, decoded and letterboxed (worker threads) -> the dynamic batcher (one
-inference thread) -> post-processing with the request's own ``conf``/``iou``/``max_det``/
-``classes`` -> boxes in the uploaded image's pixels. The pieces are the runtime's own
-(``Predictor.prepare`` / ``run`` / ``postprocess``), so the server answers exactly what
-``Predictor.predict`` does for the same image.
+checked from its header, decoded and letterboxed (worker threads) -> the dynamic batcher
+(``lanes`` inference threads, one by default) -> post-processing with the request's own
+``conf``/``iou``/``max_det``/``classes`` -> boxes in the uploaded image's pixels. The pieces
+are the runtime's own (``Predictor.prepare`` / ``run`` / ``postprocess``), so the server answers
+exactly what ``Predictor.predict`` does for the same image.
 
 Serving ONNX or TensorRT models imports no torch.
 """
@@ -62,7 +62,7 @@ from serve.http_schemas import (
 )
 from serve.images import ImageError, decode_image
 from serve.runtime import Predictor, UnknownClassError, backend_for, resolve_classes
-from serve.settings import ServeSettings
+from serve.settings import ServeSettings, SettingsError, check_lanes
 from serve.web import router as web_router
 
 logger = logging.getLogger(__name__)
@@ -113,8 +113,10 @@ class ServerState:
 
 
 def load_predictor(settings: ServeSettings) -> Predictor:
-    """Open the model file with the options its backend takes."""
+    """Open the model file with the options its backend takes (``lanes > 1`` with a backend
+    that runs one batch at a time is refused before the model is read)."""
     backend = settings.backend or backend_for(settings.model)
+    check_lanes(backend, settings.lanes)
     options: dict[str, Any] = {}
     if backend == "onnxruntime":
         options = {"providers": settings.providers or None, "threads": settings.threads}
@@ -153,6 +155,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = state.settings
     predictor = state.preloaded or await run_in_threadpool(load_predictor, settings)
     state.preloaded = None  # the lifespan owns it from here and closes it at shutdown
+    try:
+        check_lanes(predictor.backend.name, settings.lanes)  # a preloaded predictor's backend too
+    except SettingsError:
+        predictor.close()
+        raise
     max_batch = effective_max_batch(predictor, settings)
     if settings.warmup:
         await run_in_threadpool(warm_up, predictor, max_batch)
@@ -162,14 +169,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_delay_s=settings.max_delay_ms / 1000,
         queue_size=settings.queue_size,
         observer=state.metrics.observe_batch,
+        lanes=settings.lanes,
     )
     await batcher.start()
     state.metrics.track_queue(lambda: batcher.depth)
     state.decode_slots = asyncio.Semaphore(settings.decode_workers)
     state.predictor, state.batcher, state.ready = predictor, batcher, True
     logger.info(
-        "serving %s (%s, %s) max batch %d", settings.model, predictor.backend.name,
-        predictor.metadata.precision, max_batch,
+        "serving %s (%s, %s) max batch %d, %d lane(s)", settings.model, predictor.backend.name,
+        predictor.metadata.precision, max_batch, settings.lanes,
     )  # fmt: skip
     try:
         yield

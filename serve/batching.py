@@ -2,12 +2,16 @@
 
 Each request submits one pre-processed image (``[3, H, W]`` float32). A collector task on the
 event loop takes the first waiting image, waits up to ``max_delay`` for more (up to
-``max_batch``), stacks them into ``[B, 3, H, W]`` and runs the network on ONE worker thread, so
-inference never blocks the event loop and batches never compete with each other for the cores.
-While a batch runs, new requests queue up and form the next batch at once, so with
-``max_delay = 0`` (the server's default) batching is work-conserving: no request ever waits for
-company while the worker is idle, and under load batches grow by themselves. Measured on 2 CPU
-cores (``benchmarks/serve_throughput.py``), a 2 ms delay added 3-4 ms to every request at
+``max_batch``), and runs the batch (stacked into ``[B, 3, H, W]``) on a worker thread, so
+inference never blocks the event loop. Up to ``lanes`` batches run at once, each on its own
+worker thread: with one lane (the default) batches never compete with each other for the cores;
+with two, a new batch starts while another is still running, which can keep the cores busier
+where one run does not use them fully (ONNX Runtime on CPU; only a backend whose runs may be
+called from several threads at once may have more than one lane). While every lane is busy, new
+requests queue up and form the next batch as soon as a lane is free, so with ``max_delay = 0``
+(the server's default) batching is work-conserving: no request ever waits for company while a
+lane is idle, and under load batches grow by themselves. Measured on 2 CPU cores
+(``benchmarks/serve_throughput.py``), a 2 ms delay added 3-4 ms to every request at
 concurrency 1; a delay pays only where a batch costs much less per image than single runs.
 
 Honest under overload: at most ``queue_size`` requests wait; a request arriving at a full queue
@@ -110,16 +114,19 @@ class _Item:
 
 
 class DynamicBatcher:
-    """Collects single images into batches and runs them one batch at a time.
+    """Collects single images into batches and runs up to ``lanes`` batches at a time.
 
     Args:
         run: the network, ``[B, 3, H, W]`` float32 -> named outputs with leading dimension B
-            (``Predictor.run``). Called on the worker thread only.
+            (``Predictor.run``). Called on the worker threads only, from ``lanes`` threads at
+            once when ``lanes > 1`` (so it must be safe to call concurrently then).
         max_batch: most images per network run.
         max_delay_s: how long the first image of a batch waits for others to join.
         queue_size: most requests waiting (not yet running); more are refused with
             :class:`QueueFull`.
-        observer: optional callback ``(batch_size, inference_seconds)`` after each batch (metrics).
+        observer: optional callback ``(batch_size, inference_seconds)`` after each batch (metrics),
+            called on the event loop.
+        lanes: most batches running at once (worker threads); 1 runs one batch at a time.
     """
 
     def __init__(
@@ -129,27 +136,36 @@ class DynamicBatcher:
         max_delay_s: float,
         queue_size: int,
         observer: BatchObserver | None = None,
+        lanes: int = 1,
     ) -> None:
-        if max_batch < 1 or queue_size < 1 or max_delay_s < 0:
+        if max_batch < 1 or queue_size < 1 or max_delay_s < 0 or lanes < 1:
             raise ValueError(
-                f"need max_batch >= 1, queue_size >= 1, max_delay_s >= 0; got {max_batch}, "
-                f"{queue_size}, {max_delay_s}"
+                f"need max_batch >= 1, queue_size >= 1, max_delay_s >= 0, lanes >= 1; got "
+                f"{max_batch}, {queue_size}, {max_delay_s}, {lanes}"
             )
         self.run = run
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.queue_size = queue_size
         self.observer = observer
+        self.lanes = lanes
         self._waiting: deque[_Item] = deque()
         self._reserved = 0  # places held by admitted requests not yet queued
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._free_lanes: asyncio.Semaphore | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()  # batches running
 
     @property
     def depth(self) -> int:
         """Requests waiting for their batch to start."""
         return len(self._waiting)
+
+    @property
+    def in_flight(self) -> int:
+        """Batches running now (at most ``lanes``)."""
+        return len(self._in_flight)
 
     @property
     def pending(self) -> int:
@@ -169,16 +185,17 @@ class DynamicBatcher:
         return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
-        """Start the collector task and the worker thread (call from the event loop)."""
+        """Start the collector task and the worker threads (call from the event loop)."""
         if self.running:
             return
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._free_lanes = asyncio.Semaphore(self.lanes)
+        self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="inference")
         self._task = asyncio.create_task(self._collect(), name="batcher")
 
     async def stop(self) -> None:
-        """Stop collecting; waiting requests get :class:`BatcherClosed`; the running batch
-        finishes first."""
+        """Stop collecting; the batches running finish and answer their requests first, then
+        the requests still waiting get :class:`BatcherClosed`."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -186,6 +203,8 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
         while self._waiting:
             item = self._waiting.popleft()
             if not item.future.done():
@@ -239,7 +258,27 @@ class DynamicBatcher:
         return list(done)
 
     async def _collect(self) -> None:
-        """Form batches forever: wait for a first image, give others ``max_delay`` to join, run."""
+        """Form batches forever: wait for a free lane and a first image, give others
+        ``max_delay`` to join, start the batch on that lane and go on with the next."""
+        assert self._free_lanes is not None
+        while True:
+            await self._free_lanes.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:  # cancelled by stop(): the lane was never used
+                self._free_lanes.release()
+                raise
+            task = asyncio.create_task(self._run_batch(batch), name="batch")
+            self._in_flight.add(task)
+            task.add_done_callback(self._lane_freed)
+
+    def _lane_freed(self, task: asyncio.Task[None]) -> None:
+        assert self._free_lanes is not None
+        self._in_flight.discard(task)
+        self._free_lanes.release()
+
+    async def _next_batch(self) -> list[_Item]:
+        """The next batch: wait for a first image, then up to ``max_delay`` for others."""
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
@@ -260,7 +299,7 @@ class DynamicBatcher:
             count = min(self.max_batch, len(self._waiting))
             batch = [self._waiting.popleft() for _ in range(count)]
             if batch:
-                await self._run_batch(batch)
+                return batch
 
     def _drop_stale(self, now: float) -> None:
         """Remove waiting items that were abandoned or whose deadline passed."""
@@ -274,7 +313,7 @@ class DynamicBatcher:
     async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        images = np.stack([item.image for item in batch])  # [B, 3, H, W]
+        images = [item.image for item in batch]
         try:
             outputs = await loop.run_in_executor(self._executor, self._timed_run, images)
         except Exception as exc:  # noqa: BLE001 - the failure belongs to the requests
@@ -292,7 +331,10 @@ class DynamicBatcher:
             rows = {name: value[row : row + 1] for name, value in result.items()}
             item.future.set_result(BatchResult(rows, len(batch), started - item.submitted, seconds))
 
-    def _timed_run(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    def _timed_run(self, images: list[np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """On a worker thread: stack ``[3, H, W]`` images into ``[B, 3, H, W]`` (off the event
+        loop) and run them; the outputs and the network's seconds."""
+        batch = np.stack(images)
         start = time.perf_counter()
-        outputs = self.run(images)
+        outputs = self.run(batch)
         return outputs, time.perf_counter() - start

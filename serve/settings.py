@@ -59,6 +59,12 @@ class ServeSettings(BaseSettings):
     threads: int = Field(
         default_factory=usable_cpus, ge=1, description="ONNX Runtime (and PyTorch) intra-op threads"
     )
+    lanes: int = Field(
+        1, ge=1, le=64, description="batches that may run at once, each on its own inference "
+        "thread (ONNX Runtime only; the TensorRT and torch backends run one batch at a time "
+        "and refuse more); 2 can raise throughput under concurrent load on CPUs where one "
+        "run does not keep every core busy (see benchmarks/serve_throughput.md)"
+    )  # fmt: skip
     max_batch: int = Field(
         8, ge=1, le=1024, description="largest batch for a dynamic-batch model (a fixed-batch "
         "model uses its own batch)"
@@ -112,6 +118,26 @@ class ServeSettings(BaseSettings):
         if any(not key.get_secret_value() for key in self.api_keys):
             raise ValueError("api_keys: an API key may not be empty")
         return self
+
+
+# backends whose runs may be called from several threads at once (an ONNX Runtime session's
+# run is thread-safe); a TensorRT execution context and the torch backend (CUDA graphs, shared
+# buffers) are not, so they get one lane
+CONCURRENT_BACKENDS = ("onnxruntime",)
+
+
+def check_lanes(backend: str, lanes: int) -> None:
+    """Refuse ``lanes > 1`` for a backend that must not run two batches at once.
+
+    Raises:
+        SettingsError: naming the flag, the variable and the backend.
+    """
+    if lanes > 1 and backend not in CONCURRENT_BACKENDS:
+        raise SettingsError(
+            f"lanes (--lanes or {ENV_PREFIX}LANES): the {backend} backend runs one batch at a "
+            f"time; got {lanes}, use 1 (more than one lane is for "
+            f"{', '.join(CONCURRENT_BACKENDS)} only)"
+        )
 
 
 def load_settings(**given: object) -> ServeSettings:

@@ -15,7 +15,7 @@ from typing import Any
 
 # flag dest -> ServeSettings field, for the flags that map one to one
 SETTINGS_FLAGS = (
-    "model", "backend", "device", "threads", "max_batch", "max_delay_ms", "queue_size",
+    "model", "backend", "device", "threads", "lanes", "max_batch", "max_delay_ms", "queue_size",
     "timeout_s", "max_body_bytes", "max_pixels", "max_images", "decode_workers", "host", "port",
     "name",
 )  # fmt: skip
@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", type=int, help="GPU index (TensorRT, torch)")
     parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated")
     parser.add_argument("--threads", type=int, help="ONNX Runtime/torch threads (default: cores)")
+    parser.add_argument("--lanes", type=int, help="batches run at once, each on its own "
+                        "thread (ONNX Runtime only; default 1)")  # fmt: skip
     parser.add_argument("--max-batch", type=int, help="largest dynamic batch (default 8)")
     parser.add_argument("--max-delay-ms", type=float, help="batching wait (default 0)")
     parser.add_argument("--queue-size", type=int, help="waiting requests before 503 (default 64)")

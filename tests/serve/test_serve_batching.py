@@ -227,3 +227,100 @@ def test_stop_answers_waiting_requests():
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="max_batch"):
         DynamicBatcher(Gate(), max_batch=0, max_delay_s=0, queue_size=1)
+    with pytest.raises(ValueError, match="lanes"):
+        DynamicBatcher(Gate(), max_batch=1, max_delay_s=0, queue_size=1, lanes=0)
+
+
+class Rendezvous:
+    """A network stand-in that counts the runs going on at once and waits at a
+    ``threading.Barrier(2)`` for a second run: two runs that overlap both pass it; a run left
+    alone there gives up after ``wait_s`` (so a test cannot hang) and breaks the barrier."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.barrier = threading.Barrier(2)
+        self.wait_s = wait_s
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.sizes: list[int] = []
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.sizes.append(len(images))
+        try:
+            self.barrier.wait(timeout=self.wait_s)
+        except threading.BrokenBarrierError:
+            pass
+        finally:
+            with self.lock:
+                self.now -= 1
+        return {"output": images.reshape(len(images), -1)[:, :2] * 2}
+
+
+def run_four(network: Rendezvous, lanes: int) -> list[float]:
+    """Four images submitted at once to a batcher of ``max_batch`` 2 (two batches); each
+    request's output."""
+
+    async def main() -> list[float]:
+        batcher = DynamicBatcher(network, max_batch=2, max_delay_s=0, queue_size=8, lanes=lanes)
+        await batcher.start()
+        try:
+            far = asyncio.get_running_loop().time() + 60
+            results = await asyncio.gather(*(batcher.submit(image(v), far) for v in (1, 2, 3, 4)))
+        finally:
+            await batcher.stop()
+        return [float(r.outputs["output"][0, 0]) for r in results]
+
+    return asyncio.run(main())
+
+
+def test_two_lanes_run_two_batches_at_once():
+    """With two lanes the second batch starts while the first is still running: both meet at
+    the barrier (which needs two runs at once) and finish; every request gets its own rows."""
+    network = Rendezvous(wait_s=30)
+    assert run_four(network, lanes=2) == [2.0, 4.0, 6.0, 8.0]
+    assert network.most == 2 and sorted(network.sizes) == [2, 2]
+    assert not network.barrier.broken  # they met: neither waited out its timeout alone
+
+
+def test_one_lane_never_overlaps_batches():
+    """With one lane a batch starts only after the previous one ended: the first run waits at
+    the barrier alone until it gives up, the second never ran beside it."""
+    network = Rendezvous(wait_s=0.3)
+    assert run_four(network, lanes=1) == [2.0, 4.0, 6.0, 8.0]
+    assert network.most == 1 and network.sizes == [2, 2]
+    assert network.barrier.broken  # nobody joined the first run
+
+
+def test_stop_waits_for_every_batch_in_flight():
+    """stop() lets both running batches finish and answer their requests; the request still
+    queued behind them gets BatcherClosed and never runs."""
+    gate = Gate()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(gate, max_batch=1, max_delay_s=0, queue_size=8, lanes=2)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        far = loop.time() + 30
+        running = [asyncio.create_task(batcher.submit(image(v), far)) for v in (1, 2)]
+        for _ in range(500):  # both batches leave the queue and start
+            if batcher.in_flight == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert batcher.in_flight == 2
+        queued = asyncio.create_task(batcher.submit(image(3), far))
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 1  # no lane free for it
+        stopping = asyncio.create_task(batcher.stop())
+        await asyncio.sleep(0.1)
+        assert not stopping.done()  # held by the two batches behind the closed gate
+        gate.open.set()
+        await stopping
+        assert [float((await t).outputs["output"][0, 0]) for t in running] == [2.0, 4.0]
+        with pytest.raises(BatcherClosed):
+            await queued
+        assert batcher.in_flight == 0
+
+    asyncio.run(main())
+    assert gate.sizes == [1, 1]
