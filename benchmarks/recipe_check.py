@@ -157,7 +157,14 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: no evaluated epoch")
     best = max(rows, key=lambda r: float(r["mAP"]))
     epoch_s = sorted(float(r["epoch_s"]) for r in every if r.get("epoch_s"))
+    # the loader's share of each epoch (metrics.csv has data_wait_s since session 5)
+    waits = sorted(
+        float(r["data_wait_s"]) / float(r["epoch_s"])
+        for r in every
+        if r.get("data_wait_s") and r.get("epoch_s") and float(r["epoch_s"]) > 0
+    )
     return {
+        "median_data_wait_share": waits[len(waits) // 2] if waits else None,
         "mAP": float(best["mAP"]),
         "mAP50": float(best["mAP50"]),
         "best_epoch": int(best["epoch"]),
