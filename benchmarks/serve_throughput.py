@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -145,15 +146,23 @@ class Server:
             )  # fmt: skip
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            match = STARTED.search(self.log.read_text())
+            text = self.log.read_text()
+            match = STARTED.search(text)
             if match:
                 self.url = f"http://127.0.0.1:{match.group(1)}"
+                lanes = re.search(r"(\d+) lane\(s\)", text)
+                self.lanes = int(lanes.group(1)) if lanes else None
                 return
             if self.process.poll() is not None:
                 break
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"server did not start:\n{self.log.read_text()[-2000:]}")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, all threads) the server process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -306,12 +315,23 @@ def main() -> int:
         try:
             for connections in (1, 4, 16):
                 wrk(server.url, body, connections, 3)  # warm the connections
+                server_cpu, children = server.cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN)
                 point = wrk(server.url, body, connections, args.sweep_requests)
-                point["mode"] = mode
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, once it has exited
+                point["mode"], point["lanes"] = mode, server.lanes
+                point["server_cpu_ms_per_request"] = (
+                    (server.cpu_s() - server_cpu) * 1000 / point["requests"]
+                )
+                point["wrk_cpu_ms_per_request"] = (
+                    (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
+                    * 1000 / point["requests"]
+                )  # fmt: skip
                 report["sweep"].append(point)
                 print(f"{mode:12s} c={connections:2d}: {point['requests_per_s']:7.1f} req/s, "
                       f"p50 {point.get('p50_ms', 0):7.2f} ms, p99 {point.get('p99_ms', 0):7.2f} "
-                      f"ms, non-2xx {point['non_2xx']}", flush=True)  # fmt: skip
+                      f"ms, non-2xx {point['non_2xx']}, CPU ms/request: server "
+                      f"{point['server_cpu_ms_per_request']:.1f}, wrk "
+                      f"{point['wrk_cpu_ms_per_request']:.1f}", flush=True)  # fmt: skip
             if mode == "batching" and not args.only_batching:
                 report["load"] = load_run(server, body, args.requests)
         finally:

@@ -3,7 +3,7 @@
 The model is loaded and warmed up in the app's lifespan (never at import); ``/readyz`` answers
 200 only after that. Requests flow: body-size limit -> multipart parse -> image sniffed, size
 checked from its header, decoded and letterboxed (worker threads) -> the dynamic batcher
-(``lanes`` inference threads, one by default) -> post-processing with the request's own
+(``lanes`` inference threads) -> post-processing with the request's own
 ``conf``/``iou``/``max_det``/``classes`` -> boxes in the uploaded image's pixels. The pieces
 are the runtime's own (``Predictor.prepare`` / ``run`` / ``postprocess``), so the server answers
 exactly what ``Predictor.predict`` does for the same image.
@@ -62,7 +62,7 @@ from serve.http_schemas import (
 )
 from serve.images import ImageError, decode_image
 from serve.runtime import Predictor, UnknownClassError, backend_for, resolve_classes
-from serve.settings import ServeSettings, SettingsError, check_lanes
+from serve.settings import ServeSettings, SettingsError, check_lanes, default_lanes
 from serve.web import router as web_router
 
 logger = logging.getLogger(__name__)
@@ -163,13 +163,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     max_batch = effective_max_batch(predictor, settings)
     if settings.warmup:
         await run_in_threadpool(warm_up, predictor, max_batch)
+    lanes = settings.lanes or default_lanes(
+        predictor.backend.name, getattr(predictor.backend, "providers", None)
+    )
     batcher = DynamicBatcher(
         predictor.run,
         max_batch=max_batch,
         max_delay_s=settings.max_delay_ms / 1000,
         queue_size=settings.queue_size,
         observer=state.metrics.observe_batch,
-        lanes=settings.lanes,
+        lanes=lanes,
     )
     await batcher.start()
     state.metrics.track_queue(lambda: batcher.depth)
@@ -177,7 +180,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.predictor, state.batcher, state.ready = predictor, batcher, True
     logger.info(
         "serving %s (%s, %s) max batch %d, %d lane(s)", settings.model, predictor.backend.name,
-        predictor.metadata.precision, max_batch, settings.lanes,
+        predictor.metadata.precision, max_batch, lanes,
     )  # fmt: skip
     try:
         yield

@@ -4,15 +4,17 @@ Each request submits one pre-processed image (``[3, H, W]`` float32). A collecto
 event loop takes the first waiting image, waits up to ``max_delay`` for more (up to
 ``max_batch``), and runs the batch (stacked into ``[B, 3, H, W]``) on a worker thread, so
 inference never blocks the event loop. Up to ``lanes`` batches run at once, each on its own
-worker thread: with one lane (the default) batches never compete with each other for the cores;
-with two, a new batch starts while another is still running, which can keep the cores busier
-where one run does not use them fully (ONNX Runtime on CPU; only a backend whose runs may be
-called from several threads at once may have more than one lane). While every lane is busy, new
-requests queue up and form the next batch as soon as a lane is free, so with ``max_delay = 0``
-(the server's default) batching is work-conserving: no request ever waits for company while a
-lane is idle, and under load batches grow by themselves. Measured on 2 CPU cores
-(``benchmarks/serve_throughput.py``), a 2 ms delay added 3-4 ms to every request at
-concurrency 1; a delay pays only where a batch costs much less per image than single runs.
+worker thread: with one lane batches never compete with each other for the cores; with two
+(the server's default for ONNX Runtime on the CPU), a new batch starts while another is still
+running, which keeps the cores busier where one run does not use them fully (measured in
+``benchmarks/serve_throughput.md``; only a backend whose runs may be called from several threads
+at once may have more than one lane). A lone request runs the same way with any number of
+lanes. While every lane is busy, new requests queue up and form the next batch as soon as a lane
+is free, so with ``max_delay = 0`` (the server's default) batching is work-conserving: no
+request ever waits for company while a lane is idle, and under load batches grow by themselves.
+Measured on 2 CPU cores (``benchmarks/serve_throughput.py``), a 2 ms delay added 3-4 ms to
+every request at concurrency 1; a delay pays only where a batch costs much less per image than
+single runs.
 
 Honest under overload: at most ``queue_size`` requests wait; a request arriving at a full queue
 is refused at once (:class:`QueueFull`, the server's 503), and one whose deadline passes gets

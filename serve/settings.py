@@ -59,11 +59,13 @@ class ServeSettings(BaseSettings):
     threads: int = Field(
         default_factory=usable_cpus, ge=1, description="ONNX Runtime (and PyTorch) intra-op threads"
     )
-    lanes: int = Field(
-        1, ge=1, le=64, description="batches that may run at once, each on its own inference "
-        "thread (ONNX Runtime only; the TensorRT and torch backends run one batch at a time "
-        "and refuse more); 2 can raise throughput under concurrent load on CPUs where one "
-        "run does not keep every core busy (see benchmarks/serve_throughput.md)"
+    lanes: int | None = Field(
+        None, ge=1, le=64, description="batches that may run at once, each on its own "
+        "inference thread with all of --threads (more than 1 for ONNX Runtime only: the "
+        "TensorRT and torch backends run one batch at a time and refuse more); default 2 for "
+        "ONNX Runtime on the CPU, where a second batch uses the cores one run leaves idle "
+        "(measured on 2 cores: more requests/s under 16 clients, a lone request unchanged; "
+        "benchmarks/serve_throughput.md), 1 otherwise"
     )  # fmt: skip
     max_batch: int = Field(
         8, ge=1, le=1024, description="largest batch for a dynamic-batch model (a fixed-batch "
@@ -126,13 +128,20 @@ class ServeSettings(BaseSettings):
 CONCURRENT_BACKENDS = ("onnxruntime",)
 
 
-def check_lanes(backend: str, lanes: int) -> None:
+def default_lanes(backend: str, providers: list[str] | None = None) -> int:
+    """Lanes when none are set: 2 for ONNX Runtime running on the CPU only (measured there:
+    benchmarks/serve_throughput.md, session 5), else 1 (GPUs and other backends unmeasured or
+    not concurrent)."""
+    return 2 if backend == "onnxruntime" and providers == ["CPUExecutionProvider"] else 1
+
+
+def check_lanes(backend: str, lanes: int | None) -> None:
     """Refuse ``lanes > 1`` for a backend that must not run two batches at once.
 
     Raises:
         SettingsError: naming the flag, the variable and the backend.
     """
-    if lanes > 1 and backend not in CONCURRENT_BACKENDS:
+    if lanes is not None and lanes > 1 and backend not in CONCURRENT_BACKENDS:
         raise SettingsError(
             f"lanes (--lanes or {ENV_PREFIX}LANES): the {backend} backend runs one batch at a "
             f"time; got {lanes}, use 1 (more than one lane is for "

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated")
     parser.add_argument("--threads", type=int, help="ONNX Runtime/torch threads (default: cores)")
     parser.add_argument("--lanes", type=int, help="batches run at once, each on its own "
-                        "thread (ONNX Runtime only; default 1)")  # fmt: skip
+                        "thread (>1: ONNX Runtime only; default 2 on the CPU, else 1)")  # fmt: skip
     parser.add_argument("--max-batch", type=int, help="largest dynamic batch (default 8)")
     parser.add_argument("--max-delay-ms", type=float, help="batching wait (default 0)")
     parser.add_argument("--queue-size", type=int, help="waiting requests before 503 (default 64)")

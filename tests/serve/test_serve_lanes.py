@@ -1,6 +1,7 @@
-"""Inference lanes (``--lanes``): a live server with two lanes answers concurrent requests with
-the same detections as with one; only ONNX Runtime may have more than one lane, the TensorRT and
-torch backends refuse it with a clear error (flag, variable, backend)."""
+"""Inference lanes (``--lanes``): a live server with two lanes (its default for ONNX Runtime on
+the CPU) answers concurrent requests with the same detections as with one; only ONNX Runtime may
+have more than one lane, the TensorRT and torch backends refuse it with a clear error (flag,
+variable, backend) and get one lane by default."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from fastapi.testclient import TestClient
 from detector.cli import main
 from serve.app import create_app
 from serve.runtime import Predictor
-from serve.settings import ServeSettings, SettingsError, check_lanes, load_settings
+from serve.settings import (
+    ServeSettings,
+    SettingsError,
+    check_lanes,
+    default_lanes,
+    load_settings,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_live import LiveServer, encode, noise  # noqa: E402
@@ -41,11 +48,12 @@ def detect_all(server: LiveServer, images: list[bytes]) -> list[list[dict]]:
 
 def test_two_lanes_answer_what_one_lane_answers(serve_onnx, tmp_path):
     """Eight concurrent requests (max batch 2, so several batches run at once with two lanes):
-    each image gets the same detections from a 2-lane server as from a 1-lane one."""
+    each image gets the same detections from a 2-lane server (the default here: ONNX Runtime on
+    the CPU) as from a 1-lane one."""
     images = [encode(noise(h, w, seed)) for seed, (h, w) in enumerate(SIZES)]
     answers = {}
-    for lanes in (1, 2):
-        flags = ("--lanes", str(lanes), "--max-batch", "2", "--max-delay-ms", "0")
+    for lanes, lane_flags in ((1, ("--lanes", "1")), (2, ())):
+        flags = (*lane_flags, "--max-batch", "2", "--max-delay-ms", "0")
         server = LiveServer(serve_onnx, tmp_path / f"lanes{lanes}", *flags)
         try:
             answers[lanes] = [detect_all(server, images) for _ in range(2)]
@@ -67,10 +75,18 @@ def test_two_lanes_answer_what_one_lane_answers(serve_onnx, tmp_path):
     assert found > 0
 
 
+def test_default_lanes_two_only_for_onnxruntime_on_the_cpu():
+    assert default_lanes("onnxruntime", ["CPUExecutionProvider"]) == 2
+    assert default_lanes("onnxruntime", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == 1
+    assert default_lanes("tensorrt") == 1 and default_lanes("torch") == 1
+    assert load_settings(model="m.engine").lanes is None  # chosen once the backend is known
+
+
 def test_only_onnxruntime_may_have_more_than_one_lane():
     check_lanes("onnxruntime", 2)
     for backend in ("tensorrt", "torch"):
         check_lanes(backend, 1)
+        check_lanes(backend, None)
         with pytest.raises(SettingsError) as caught:
             check_lanes(backend, 2)
         message = str(caught.value)
