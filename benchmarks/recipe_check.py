@@ -213,6 +213,29 @@ def format_table(cells: dict[str, dict[str, Any]], keys: list[str]) -> str:
     return "\n".join([TABLE_HEADER, *(format_row(cells[k]) for k in keys)])
 
 
+def pivot_table(cells: dict[str, dict[str, Any]], budget_key: str) -> str:
+    """One row per (dataset, model), one column per recipe: ``mAP / mAP50`` of every cell at
+    ``budget_key`` (``Budget.key()``), the best of each row in bold."""
+    at = [c for c in cells.values() if c["budget"] == budget_key]
+    named = sorted({c["recipe"] for c in at} - set(BUILTIN_RECIPES))
+    recipes = [r for r in BUILTIN_RECIPES if any(c["recipe"] == r for c in at)] + named
+    rows = sorted({(c["dataset"], c["model"]) for c in at})
+    lines = [
+        "| dataset | model | " + " | ".join(recipes) + " |",
+        "|---|---|" + "---:|" * len(recipes),
+    ]
+    for dataset, model in rows:
+        found = {c["recipe"]: c for c in at if (c["dataset"], c["model"]) == (dataset, model)}
+        best = max(c["mAP"] for c in found.values())
+        values = []
+        for recipe in recipes:
+            cell = found.get(recipe)
+            text = "-" if cell is None else f"{cell['mAP']:.3f} / {cell['mAP50']:.3f}"
+            values.append(f"**{text}**" if cell is not None and cell["mAP"] == best else text)
+        lines.append(f"| {dataset} | {model} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def start_markdown(path: Path, command: str, cpu: str, recipes: dict[str, list[str]]) -> None:
     """Append a heading (date, CPU), the exact command, the recipes and the table header."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -373,6 +396,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table", default=str(DEFAULT_TABLE), help="Markdown file appended to")
     parser.add_argument("--force", action="store_true", help="retrain cells already in results")
     parser.add_argument("--dry-run", action="store_true", help="list the cells, train nothing")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="print the results at this budget as a dataset x recipe table, train nothing",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="overrides of the named recipe (--name)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -403,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     precision = machine_precision() if args.precision == "auto" else args.precision
     budget = Budget(args.epochs, args.imgsz, args.images, args.batch, args.seed, args.bccd_images,
                     precision)  # fmt: skip
+    if args.summary:
+        table = pivot_table(load_results(Path(args.results)), budget.key())
+        print(f"mAP / mAP50 at {budget.key()}\n{table}")
+        return 0
     plan, custom = plan_of(args)
     results = Path(args.results)
     cells = load_results(results)

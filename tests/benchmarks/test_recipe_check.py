@@ -129,3 +129,25 @@ def test_precision_is_part_of_the_cell() -> None:
     assert fp32.key() == "e16_s256_n240_b8_seed0_bccd0"
     assert bf16.key() == fp32.key() + "_bf16"
     assert fp32.overrides() == ["amp=false"] and bf16.overrides() == ["amp=true"]
+
+
+def test_summary_pivots_recipes_into_columns() -> None:
+    """``--summary``: a row per (dataset, model), the built-in recipes first, the best in bold,
+    a missing cell as '-', other budgets left out."""
+
+    def cell(dataset: str, recipe: str, m: float, budget: str = "b1") -> dict:
+        return {"dataset": dataset, "model": "yolox_nano", "recipe": recipe, "budget": budget,
+                "mAP": m, "mAP50": 2 * m}  # fmt: skip
+
+    cells = {
+        "1": cell("synth_demo", "lr2", 0.3),
+        "2": cell("synth_demo", "official", 0.1),
+        "3": cell("synth_demo", "ours", 0.2),
+        "4": cell("bccd", "ours", 0.4),
+        "5": cell("bccd", "official", 0.9, budget="b2"),
+    }
+    lines = rc.pivot_table(cells, "b1").splitlines()
+    assert lines[0] == "| dataset | model | ours | official | lr2 |"
+    assert lines[2] == "| bccd | yolox_nano | **0.400 / 0.800** | - | - |"
+    demo = "| synth_demo | yolox_nano | 0.200 / 0.400 | 0.100 / 0.200 | **0.300 / 0.600** |"
+    assert lines[3] == demo
