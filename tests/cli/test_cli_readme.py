@@ -91,6 +91,10 @@ EXCLUDED: dict[str, str] = {
         "a Jetson (a TensorRT engine and its GPU)",
     ".venv/bin/python benchmarks/export_latency.py --repeats 30":
         "needs the official YOLOX (make reference) and minutes of timing",
+    ".venv/bin/python benchmarks/recipe_check.py --epochs 16 --imgsz 256 --images 240 --name "
+    "mine lr_per_64=0.03":
+        "trains 2 models x 3 datasets x 3 recipes (an hour on 2 cores); a one-epoch check runs in "
+        "tests/benchmarks/test_recipe_check.py",
 }
 # fmt: on
 # the README's Python blocks, recognised by a line each holds
