@@ -29,12 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_throughput import Server, export_model, multipart, wrk  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="ONNX model (default: export nano)")
@@ -58,9 +52,9 @@ def main() -> int:
                             prelude=prelude)  # fmt: skip
             try:
                 wrk(server.url, body, args.connections, 2)  # warm
-                before = cpu_seconds(server.process.pid)
+                before = server.cpu_s()
                 point = wrk(server.url, body, args.connections, args.requests)
-                cpu = cpu_seconds(server.process.pid) - before
+                cpu = server.cpu_s() - before
             finally:
                 server.stop()
             point.update(spinning=spinning, repeat=repeat, load_avg=os.getloadavg()[0],

@@ -115,15 +115,6 @@ def v2_body(jpeg: bytes, conf: float) -> tuple[bytes, dict[str, str]]:
     }
 
 
-class Server(serve_throughput.Server):
-    """``detector serve`` on 127.0.0.1, a free port (serve_throughput's), with its CPU time."""
-
-    def cpu_s(self) -> float:
-        """CPU seconds (user + system, all threads) the server has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wrk(url: str, script: Path, connections: int, seconds: int, warm_up: bool = False) -> dict:
     result = subprocess.run(
         [
@@ -238,7 +229,7 @@ def main() -> int:
             script = folder / f"{name}.lua"
             script.write_text(WRK_SCRIPT % {"headers": lines, "body": folder / f"{name}.body"})
             scripts[name] = script
-        server = Server(model, folder)
+        server = serve_throughput.Server(model, folder)
         try:
             detections = same_detections(server.url, jpeg, args.conf)
             for name, (path, _) in routes.items():  # warm-up: connections, threads, allocator
