@@ -153,13 +153,16 @@ def warm_up(predictor: Predictor, max_batch: int) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.server
     settings = state.settings
-    predictor = state.preloaded or await run_in_threadpool(load_predictor, settings)
+    predictor = state.preloaded
     state.preloaded = None  # the lifespan owns it from here and closes it at shutdown
-    try:
-        check_lanes(predictor.backend.name, settings.lanes)  # a preloaded predictor's backend too
-    except SettingsError:
-        predictor.close()
-        raise
+    if predictor is None:
+        predictor = await run_in_threadpool(load_predictor, settings)  # checks the lanes first
+    else:
+        try:
+            check_lanes(predictor.backend.name, settings.lanes)
+        except SettingsError:
+            predictor.close()
+            raise
     max_batch = effective_max_batch(predictor, settings)
     if settings.warmup:
         await run_in_threadpool(warm_up, predictor, max_batch)
