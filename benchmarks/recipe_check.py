@@ -431,13 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     precision = machine_precision() if args.precision == "auto" else args.precision
     budget = Budget(args.epochs, args.imgsz, args.images, args.batch, args.seed, args.bccd_images,
                     precision)  # fmt: skip
-    if args.summary:
-        table = pivot_table(load_results(Path(args.results)), budget.key())
-        print(f"mAP / mAP50 at {budget.key()}\n{table}")
-        return 0
-    plan, custom = plan_of(args)
     results = Path(args.results)
     cells = load_results(results)
+    if args.summary:
+        print(f"mAP / mAP50 at {budget.key()}\n{pivot_table(cells, budget.key())}")
+        return 0
+    plan, custom = plan_of(args)
     todo = pending(cells, plan, budget, args.force)
     print(f"{len(plan)} cells at {budget.key()}: {len(plan) - len(todo)} in {results}, "
           f"{len(todo)} to train")  # fmt: skip

@@ -168,8 +168,8 @@ class OursNCHW(Ours):
 
     def __init__(self, model_name: str, images: Tensor, boxes: Tensor, labels: Tensor) -> None:
         super().__init__(model_name, images, boxes, labels)
+        # in place: the parameters stay the ones the optimizer built above holds
         self.model = self.model.to(memory_format=torch.contiguous_format)
-        self.optim = build_sgd(self.model, lr=1e-4)
         self.images = images.contiguous()
 
 
