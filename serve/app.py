@@ -17,10 +17,11 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -67,6 +68,7 @@ from serve.web import router as web_router
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RETRY_AFTER_S = 1
 DEFAULT_MAX_DET = 300
 INFERENCE_PATHS = ("/v1/detect", "/v1/detect/batch")
@@ -92,7 +94,7 @@ class ServerState:
     predictor: Predictor | None = None
     preloaded: Predictor | None = None  # loaded before the app (by the CLI), else by lifespan
     batcher: DynamicBatcher | None = None
-    decode_slots: asyncio.Semaphore | None = None
+    image_pool: ThreadPoolExecutor | None = None  # decoding, letterboxing, post-processing
     ready: bool = False
 
     def admit(self) -> Reservation | str | None:
@@ -179,7 +181,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await batcher.start()
     state.metrics.track_queue(lambda: batcher.depth)
-    state.decode_slots = asyncio.Semaphore(settings.decode_workers)
+    # The per-image work (decode, letterbox, post-process, draw) runs on a pool of its own with
+    # ``decode_workers`` threads: they bound the memory of decoded images, and a plain executor
+    # hands work over with less CPU than Starlette's ``run_in_threadpool`` (an AnyIO capacity
+    # limiter and a thread per waiting call); OpenCV's own thread pool is off, because these
+    # threads and the lanes already fill the cores (benchmarks/serve_throughput.md, session 6).
+    cv2.setNumThreads(1)
+    image_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="images")
+    state.image_pool = image_pool
     state.predictor, state.batcher, state.ready = predictor, batcher, True
     logger.info(
         "serving %s (%s, %s) max batch %d, %d lane(s)", settings.model, predictor.backend.name,
@@ -190,6 +199,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         state.ready = False
         await batcher.stop()
+        image_pool.shutdown(wait=True)
         predictor.close()
 
 
@@ -290,8 +300,8 @@ def prepare_upload(
     ``max_pixels`` x 3 bytes) is dropped once letterboxed unless ``keep_image``."""
     start = time.perf_counter()
     image = decode_image(data, max_pixels, name)
-    batch, ratios = predictor.prepare([image])
-    return Prepared(image.shape[:2], batch[0], ratios[0], time.perf_counter() - start,
+    tensor, ratio = predictor.prepare_one(image)
+    return Prepared(image.shape[:2], tensor, ratio, time.perf_counter() - start,
                     image if keep_image else None)  # fmt: skip
 
 
@@ -316,13 +326,20 @@ def finish(
     return detections, boxes, raw.scores, raw.classes
 
 
+async def in_image_pool(state: ServerState, work: Callable[..., T], *args: Any) -> T:
+    """Run ``work(*args)`` on the server's image pool (off the event loop)."""
+    assert state.image_pool is not None
+    return await asyncio.get_running_loop().run_in_executor(state.image_pool, work, *args)
+
+
 async def run_images(
     state: ServerState, uploads: Sequence[UploadFile], params: DetectParams,
     keep_images: bool = False,
 ) -> list[tuple[Prepared, BatchResult, float, tuple[Any, ...]]]:  # fmt: skip
     """Decode, batch, infer and post-process the uploads of one request. At most
-    ``settings.decode_workers`` images are decoded at once across all requests, which bounds the
-    memory that decoded images can take (each up to ``max_pixels`` x 3 bytes)."""
+    ``settings.decode_workers`` images are decoded at once across all requests (the image
+    pool's threads), which bounds the memory that decoded images can take (each up to
+    ``max_pixels`` x 3 bytes)."""
     predictor, batcher, settings = state.predictor, state.batcher, state.settings
     assert predictor is not None and batcher is not None
     loop = asyncio.get_running_loop()
@@ -333,16 +350,10 @@ async def run_images(
         if len(uploads) == 1
         else [f"images[{i}] ({u.filename or 'unnamed'})" for i, u in enumerate(uploads)]
     )
-    slots = state.decode_slots
-    assert slots is not None
-
-    async def prepare(data: bytes, name: str) -> Prepared:
-        async with slots:
-            return await run_in_threadpool(
-                prepare_upload, predictor, data, settings.max_pixels, name, keep_images
-            )
-
-    prepared = await asyncio.gather(*(prepare(d, n) for d, n in zip(payloads, names)))
+    prepared = await asyncio.gather(
+        *(in_image_pool(state, prepare_upload, predictor, data, settings.max_pixels, name,
+                        keep_images) for data, name in zip(payloads, names))
+    )  # fmt: skip
     try:
         results = await batcher.submit_many([p.tensor for p in prepared], deadline)
     except QueueFull as exc:
@@ -358,7 +369,7 @@ async def run_images(
     finished = []
     for item, result in zip(prepared, results):
         post_start = time.perf_counter()
-        outcome = await run_in_threadpool(finish, predictor, item, result, params)
+        outcome = await in_image_pool(state, finish, predictor, item, result, params)
         finished.append((item, result, time.perf_counter() - post_start, outcome))
     return finished
 
@@ -432,7 +443,7 @@ async def detect(
     assert state.predictor is not None
     if format == "image":
         names = state.predictor.metadata.class_names
-        jpeg = await run_in_threadpool(annotate, item, boxes, scores, classes, names)
+        jpeg = await in_image_pool(state, annotate, item, boxes, scores, classes, names)
         return Response(jpeg, media_type="image/jpeg")
     single = image_result(item, result, post_s, detections, started)
     return DetectResponse(**single.model_dump(), model=state.predictor.metadata.model_name)

@@ -119,14 +119,14 @@ class Predictor:
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[float]]:
         """BGR uint8 ``[H, W, 3]`` images -> (``[B, 3, h, w]`` float32 batch, ratios)."""
-        size = self.metadata.input_size
+        prepared = [self.prepare_one(image) for image in images]
+        return np.stack([tensor for tensor, _ in prepared]), [ratio for _, ratio in prepared]
+
+    def prepare_one(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """One BGR uint8 ``[H, W, 3]`` image -> (``[3, h, w]`` float32, ratio): what
+        :meth:`prepare` stacks, without the copy into a batch of one."""
         pad = self.metadata.preprocess.pad_value if self.metadata.preprocess else 114
-        tensors, ratios = [], []
-        for image in images:
-            tensor, ratio = preprocess(image, size, pad)
-            tensors.append(tensor)
-            ratios.append(ratio)
-        return np.stack(tensors), ratios
+        return preprocess(image, self.metadata.input_size, pad)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """The backend's outputs for a ``[B, 3, h, w]`` batch of any B: split into chunks of

@@ -142,3 +142,33 @@ def test_one_decode_at_a_time_still_serves_batches_and_pictures(serve_onnx):
         assert batch.status_code == 200 and len(batch.json()["results"]) == 3
         picture = upload(client, params={"format": "image"})
         assert picture.status_code == 200 and picture.content[:2] == b"\xff\xd8"
+
+
+def test_decodes_at_once_never_exceed_decode_workers(serve_onnx, monkeypatch):
+    """``decode_workers`` bounds the images decoded at the same time across all requests (the
+    memory of decoded images): six requests at once, each decode held for 50 ms, two workers."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import serve.app
+
+    lock, running, most = threading.Lock(), [0], [0]
+    real_decode = serve.app.decode_image
+
+    def slow_decode(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)
+            return real_decode(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(serve.app, "decode_image", slow_decode)
+    with app_for(serve_onnx, decode_workers=2) as client, ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: upload(client).status_code, range(6)))
+    assert answers == [200] * 6
+    assert most[0] == 2
