@@ -11,12 +11,17 @@ Measures, in one run on this machine:
   concurrency 1, 4 and 16 (``wrk``, a fixed number of requests per point), the ratio to the
   raw backend, and the whole-request p50 against the bare model's;
 - a load run: 16 connections x ``--requests`` requests each, every answer counted, the server's
-  RSS before and after.
+  RSS before and after;
+- or, with ``--pairs N``, only the two targets (concurrency 16 against the raw backend, the
+  whole request at concurrency 1 against the network) in N rounds, each server run between two
+  measurements of the bare model: the ratio of adjacent measurements does not move with the
+  machine's speed between them, which on a shared 2-core VM moves the raw backend by +-15 %.
 
 Usage::
 
     python benchmarks/serve_throughput.py [--model M.onnx] [--imgsz 416] [--requests 1000]
         [--lanes 2] [--threads 1] [--only-batching]
+    python benchmarks/serve_throughput.py --model M.onnx --pairs 8   # the two targets, paired
 
 Without ``--model`` a randomly initialised yolox_nano is exported at ``--imgsz`` (speed does not
 depend on the weights). Needs ``wrk`` (Debian: ``apt-get install wrk``). Writes a table to
@@ -68,6 +73,84 @@ def export_model(folder: Path, imgsz: int) -> Path:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
+
+
+def paired(
+    model: Path,
+    image: np.ndarray,
+    body: Path,
+    server_flags: list[str],
+    pairs: int,
+    requests: int,
+    runs: int,
+    max_batch: int = 8,
+    raw_s: float = 6.0,
+) -> dict:
+    """The two targets measured in ``pairs`` rounds, each server run between two measurements of
+    the bare model (its mean is that round's baseline), so a change of the machine's speed
+    during the run moves both sides of a ratio: per round the raw backend at ``max_batch``
+    (images/s, for ``raw_s`` seconds) and the network p50 at batch 1 (``runs`` runs), then
+    ``wrk`` at concurrency 1 (``2 x requests``, at least 100) and 16 (``requests`` per
+    connection; batching on), then the bare model again. Medians over rounds."""
+    from serve.runtime import Predictor
+
+    predictor = Predictor.from_path(model)
+    one, _ = predictor.prepare([image])
+    many = np.repeat(one, max_batch, axis=0)
+    for _ in range(3):
+        predictor.run(one)
+        predictor.run(many)
+
+    def bare() -> tuple[float, float]:
+        latency = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            predictor.run(one)
+            latency.append(time.perf_counter() - start)
+        batches, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < raw_s:  # seconds, like a server run:
+            predictor.run(many)  # a second or so would catch one of the VM's fast/slow spells
+            batches += 1
+        return batches * max_batch / elapsed, statistics.median(latency)
+
+    server = Server(model, body.parent, "--queue-size", "256", "--max-batch", str(max_batch),
+                    "--max-delay-ms", "0", *server_flags)  # fmt: skip
+    rounds = []
+    try:
+        wrk(server.url, body, 16, 3)  # warm the connections and the lanes
+        bare()  # and the bare model once more, now beside the idle server
+        for index in range(pairs):
+            raw_before, network_before = bare()
+            c1 = wrk(server.url, body, 1, max(2 * requests, 100))
+            c16 = wrk(server.url, body, 16, requests)
+            raw_after, network_after = bare()
+            raw, network_s = (raw_before + raw_after) / 2, (network_before + network_after) / 2
+            rounds.append({
+                "raw_images_per_s": [raw_before, raw_after], "network_p50_ms": network_s * 1000,
+                "c1_p50_ms": c1.get("p50_ms"), "c16_requests_per_s": c16["requests_per_s"],
+                "c16_p50_ms": c16.get("p50_ms"), "c16_p99_ms": c16.get("p99_ms"),
+                "non_2xx": c1["non_2xx"] + c16["non_2xx"],
+                "c16_vs_raw": c16["requests_per_s"] / raw,
+                "c1_request_p50_vs_network_p50": c1["p50_ms"] / (network_s * 1000),
+            })  # fmt: skip
+            print(f"round {index + 1}: raw {raw_before:.1f} / {raw_after:.1f} images/s, c=16 "
+                  f"{c16['requests_per_s']:.1f} req/s ({rounds[-1]['c16_vs_raw']:.2f}x), c=1 p50 "
+                  f"{c1['p50_ms']:.2f} ms vs network {network_s * 1000:.2f} ms "
+                  f"({rounds[-1]['c1_request_p50_vs_network_p50']:.2f}x)", flush=True)  # fmt: skip
+    finally:
+        server.stop()
+        predictor.close()
+    c16_ratios = [r["c16_vs_raw"] for r in rounds]
+    c1_ratios = [r["c1_request_p50_vs_network_p50"] for r in rounds]
+    return {
+        "rounds": rounds, "lanes": server.lanes,
+        "c16_vs_raw_median": statistics.median(c16_ratios),
+        "c16_vs_raw_range": [min(c16_ratios), max(c16_ratios)],
+        "c16_rounds_at_or_above_0.85": sum(r >= 0.85 for r in c16_ratios),
+        "c1_request_p50_vs_network_p50_median": statistics.median(c1_ratios),
+        "c1_request_p50_vs_network_p50_range": [min(c1_ratios), max(c1_ratios)],
+        "c1_rounds_under_1.6": sum(r < 1.6 for r in c1_ratios),
+    }  # fmt: skip
 
 
 def two_callers(predictor, many: np.ndarray, batches: int) -> float:
@@ -275,6 +358,10 @@ def main() -> int:
     parser.add_argument(
         "--only-batching", action="store_true", help="batching sweep only: no unbatched, no load"
     )
+    parser.add_argument(
+        "--pairs", type=int, metavar="N", help="only the two targets, in N rounds that measure "
+        "the bare model before and after each server run (see paired())",
+    )  # fmt: skip
     args = parser.parse_args()
     server_flags = [*(["--lanes", str(args.lanes)] if args.lanes else []),
                     *(["--threads", str(args.threads)] if args.threads else [])]  # fmt: skip
@@ -293,6 +380,14 @@ def main() -> int:
                                 "load_avg": os.getloadavg(), "python": platform.python_version()},
                     "model": str(model), "image": "640x480 JPEG", "sweep": [],
                     "server_flags": server_flags}  # fmt: skip
+    if args.pairs:
+        report["paired"] = paired(model, image, body, server_flags, args.pairs,
+                                  args.sweep_requests, args.runs)  # fmt: skip
+        summary = {k: v for k, v in report["paired"].items() if k != "rounds"}
+        print(json.dumps(summary, indent=1))
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     if args.load_only:
         server = Server(model, work, "--queue-size", "256", "--max-batch", "8", *server_flags)
         try:
