@@ -2,9 +2,10 @@
 
 The model is loaded and warmed up in the app's lifespan (never at import); ``/readyz`` answers
 200 only after that. Requests flow: body-size limit -> multipart parse -> image sniffed, size
-checked from its header, decoded and letterboxed (worker threads) -> the dynamic batcher
-(``lanes`` inference threads) -> post-processing with the request's own
-``conf``/``iou``/``max_det``/``classes`` -> boxes in the uploaded image's pixels. The pieces
+checked from its header, decoded and letterboxed (the image pool's threads) -> the dynamic
+batcher (``lanes`` inference threads) -> post-processing with the request's own
+``conf``/``iou``/``max_det``/``classes``, on the same inference thread right after the batch ->
+boxes in the uploaded image's pixels. The pieces
 are the runtime's own (``Predictor.prepare`` / ``run`` / ``postprocess``), so the server answers
 exactly what ``Predictor.predict`` does for the same image.
 
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 import cv2
@@ -94,7 +96,7 @@ class ServerState:
     predictor: Predictor | None = None
     preloaded: Predictor | None = None  # loaded before the app (by the CLI), else by lifespan
     batcher: DynamicBatcher | None = None
-    image_pool: ThreadPoolExecutor | None = None  # decoding, letterboxing, post-processing
+    image_pool: ThreadPoolExecutor | None = None  # decoding, letterboxing, drawing
     ready: bool = False
 
     def admit(self) -> Reservation | str | None:
@@ -181,11 +183,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await batcher.start()
     state.metrics.track_queue(lambda: batcher.depth)
-    # The per-image work (decode, letterbox, post-process, draw) runs on a pool of its own with
+    # Decoding and letterboxing (and drawing for format=image) run on a pool of their own with
     # ``decode_workers`` threads: they bound the memory of decoded images, and a plain executor
     # hands work over with less CPU than Starlette's ``run_in_threadpool`` (an AnyIO capacity
-    # limiter and a thread per waiting call); OpenCV's own thread pool is off, because these
-    # threads and the lanes already fill the cores (benchmarks/serve_throughput.md, session 6).
+    # limiter and a thread per waiting call); post-processing runs on the inference lanes.
+    # OpenCV's own thread pool is off, because these threads and the lanes already fill the
+    # cores (benchmarks/serve_throughput.md, session 6).
     cv2.setNumThreads(1)
     image_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="images")
     state.image_pool = image_pool
@@ -306,12 +309,11 @@ def prepare_upload(
 
 
 def finish(
-    predictor: Predictor, prepared: Prepared, result: BatchResult, params: DetectParams
+    predictor: Predictor, prepared: Prepared, params: DetectParams, outputs: dict[str, np.ndarray]
 ) -> tuple[list[Detection], np.ndarray, np.ndarray, np.ndarray]:
-    """One image's outputs -> detections in its own pixels (the steps of ``Predictor.predict``)."""
-    raw = predictor.postprocess(
-        result.outputs, params.conf, params.iou, params.max_det, params.classes
-    )[0]
+    """One image's outputs (its rows, batch dimension 1) -> detections in its own pixels (the
+    steps of ``Predictor.predict``). Runs on the inference lane right after the batch."""
+    raw = predictor.postprocess(outputs, params.conf, params.iou, params.max_det, params.classes)[0]
     boxes = boxes_to_original(raw.boxes, prepared.ratio, prepared.shape)
     names = predictor.metadata.class_names
     detections = [
@@ -355,7 +357,10 @@ async def run_images(
                         keep_images) for data, name in zip(payloads, names))
     )  # fmt: skip
     try:
-        results = await batcher.submit_many([p.tensor for p in prepared], deadline)
+        results = await batcher.submit_many(
+            [p.tensor for p in prepared], deadline,
+            [partial(finish, predictor, item, params) for item in prepared],
+        )  # fmt: skip
     except QueueFull as exc:
         state.metrics.rejected.labels("queue_full").inc()
         raise ApiError(503, "overloaded", f"the server is at capacity ({exc}); retry shortly",
@@ -366,12 +371,8 @@ async def run_images(
                        f"{settings.timeout_s:g} s ({exc})") from exc  # fmt: skip
     except BatcherClosed as exc:
         raise ApiError(503, "not_ready", str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from exc
-    finished = []
-    for item, result in zip(prepared, results):
-        post_start = time.perf_counter()
-        outcome = await in_image_pool(state, finish, predictor, item, result, params)
-        finished.append((item, result, time.perf_counter() - post_start, outcome))
-    return finished
+    return [(item, result, result.finish_s, result.finished)
+            for item, result in zip(prepared, results)]  # fmt: skip
 
 
 def image_result(

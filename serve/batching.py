@@ -28,6 +28,10 @@ that arrived while the queue had room was read and decoded first and only refuse
 behind the decoding of all the others (seconds under 64 clients). The reservation is held for
 the request's task (:func:`holding`) and becomes its place in the queue on submit.
 
+Each image may come with a *finisher* (the server's post-processing with the request's own
+thresholds): it runs on the lane thread as soon as the batch's network run is done, so a
+request's answer returns to the event loop ready, without a second trip to a worker thread.
+
 A batch is a stack of independent images: the network's rows do not interact, so a request's
 outputs are the same alone and inside a batch (up to float rounding of the kernels).
 """
@@ -38,17 +42,21 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+# one request's post-processing: its rows of the batch's outputs (batch dimension kept, 1) -> its
+# answer; run on the lane thread right after the batch (see ``submit_many``)
+FinishFn = Callable[[dict[str, np.ndarray]], Any]
 # called after each batch with (batch size, seconds the network took)
 BatchObserver = Callable[[int, float], None]
 
@@ -73,6 +81,8 @@ class BatchResult:
     batch_size: int  # how many images ran together
     queue_s: float  # time from submit to the start of its batch
     inference_s: float  # the network time of the whole batch
+    finished: Any = None  # what the request's finish function returned, if it gave one
+    finish_s: float = 0.0  # the time that function took
 
 
 class Reservation:
@@ -112,6 +122,7 @@ class _Item:
     image: np.ndarray  # [3, H, W] float32
     deadline: float  # loop.time() by which it must be answered
     future: asyncio.Future[BatchResult]
+    finish: FinishFn | None = None
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -228,10 +239,18 @@ class DynamicBatcher:
         """
         return (await self.submit_many([image], deadline))[0]
 
-    async def submit_many(self, images: list[np.ndarray], deadline: float) -> list[BatchResult]:
+    async def submit_many(
+        self, images: list[np.ndarray], deadline: float,
+        finishers: Sequence[FinishFn | None] | None = None,
+    ) -> list[BatchResult]:  # fmt: skip
         """Queue several images of one request together (admitted or refused as a whole: a
         request is admitted while fewer than ``queue_size`` requests are pending, or when it
-        holds a :class:`Reservation` of this batcher) and wait for all of them."""
+        holds a :class:`Reservation` of this batcher) and wait for all of them.
+
+        ``finishers`` (one per image, or ``None``) post-process each image's rows on the lane
+        thread as soon as its batch has run, so the answer comes back to the event loop ready,
+        without another hand-off to a worker thread; the result is ``BatchResult.finished``. An
+        exception raised there fails that image's request only."""
         if not self.running or self._wakeup is None:
             raise BatcherClosed("the model is not loaded (starting up or shutting down)")
         reservation = _current.get()
@@ -243,7 +262,13 @@ class DynamicBatcher:
                 f"{self._reserved} requests are being read"
             )
         loop = asyncio.get_running_loop()
-        items = [_Item(image, deadline, loop.create_future()) for image in images]
+        finishers = finishers or [None] * len(images)
+        if len(finishers) != len(images):
+            raise ValueError(f"{len(images)} images but {len(finishers)} finishers")
+        items = [
+            _Item(image, deadline, loop.create_future(), finish)
+            for image, finish in zip(images, finishers)
+        ]
         self._waiting.extend(items)
         self._wakeup.set()
         futures = [item.future for item in items]
@@ -315,28 +340,47 @@ class DynamicBatcher:
     async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        images = [item.image for item in batch]
         try:
-            outputs = await loop.run_in_executor(self._executor, self._timed_run, images)
+            seconds, answers = await loop.run_in_executor(self._executor, self._timed_run, batch)
         except Exception as exc:  # noqa: BLE001 - the failure belongs to the requests
             logger.exception("inference failed for a batch of %d", len(batch))
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        result, seconds = outputs
         if self.observer is not None:
             self.observer(len(batch), seconds)
-        for row, item in enumerate(batch):
+        for item, (rows, finished, finish_s, error) in zip(batch, answers):
             if item.future.done():
                 continue
-            rows = {name: value[row : row + 1] for name, value in result.items()}
-            item.future.set_result(BatchResult(rows, len(batch), started - item.submitted, seconds))
+            if error is not None:
+                item.future.set_exception(error)
+                continue
+            item.future.set_result(BatchResult(
+                rows, len(batch), started - item.submitted, seconds, finished, finish_s
+            ))  # fmt: skip
 
-    def _timed_run(self, images: list[np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-        """On a worker thread: stack ``[3, H, W]`` images into ``[B, 3, H, W]`` (off the event
-        loop) and run them; the outputs and the network's seconds."""
-        batch = np.stack(images)
+    def _timed_run(self, batch: list[_Item]) -> tuple[float, list[_Answer]]:
+        """On a lane thread: stack the ``[3, H, W]`` images into ``[B, 3, H, W]`` (off the event
+        loop), run them, then split the outputs per image and run each image's finisher; the
+        network's seconds and one answer per image."""
+        stacked = np.stack([item.image for item in batch])
         start = time.perf_counter()
-        outputs = self.run(batch)
-        return outputs, time.perf_counter() - start
+        outputs = self.run(stacked)
+        seconds = time.perf_counter() - start
+        return seconds, [_answer(item, row, outputs) for row, item in enumerate(batch)]
+
+
+# one image's rows of the outputs, its finisher's result and seconds, or the error it raised
+_Answer = tuple[dict[str, np.ndarray], Any, float, Exception | None]
+
+
+def _answer(item: _Item, row: int, outputs: dict[str, np.ndarray]) -> _Answer:
+    rows = {name: value[row : row + 1] for name, value in outputs.items()}
+    if item.finish is None:
+        return rows, None, 0.0, None
+    start = time.perf_counter()
+    try:
+        return rows, item.finish(rows), time.perf_counter() - start, None
+    except Exception as exc:  # noqa: BLE001 - answered to that image's request
+        return rows, None, time.perf_counter() - start, exc

@@ -206,6 +206,49 @@ def test_a_failed_batch_fails_its_requests_only():
     assert gate.sizes == [2, 3]
 
 
+def test_finishers_run_on_the_lane_and_fail_only_their_own_image():
+    """Each image's finisher gets its own rows, runs on the inference thread right after the
+    batch (no hand-off back to the event loop in between), and its result comes back in
+    ``finished``; one that raises fails its image's request, not the batch's other images."""
+    gate = Gate()
+    gate.open.set()
+    threads: list[str] = []
+
+    def double_first(rows: dict[str, np.ndarray]) -> float:
+        threads.append(threading.current_thread().name)
+        return float(rows["output"][0, 0]) * 10
+
+    def broken(rows: dict[str, np.ndarray]) -> float:
+        raise KeyError("no such output")
+
+    async def main() -> None:
+        batcher = DynamicBatcher(gate, max_batch=4, max_delay_s=0.2, queue_size=8)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        try:
+            many = await batcher.submit_many(
+                [image(v) for v in (1, 2, 3)], loop.time() + 30, [double_first, None, double_first]
+            )
+            assert [r.finished for r in many] == [20.0, None, 60.0]
+            assert [float(r.outputs["output"][0, 0]) for r in many] == [2.0, 4.0, 6.0]
+            assert many[0].finish_s > 0 and many[1].finish_s == 0
+            outcomes = await asyncio.gather(
+                batcher.submit_many([image(4)], loop.time() + 30, [broken]),
+                batcher.submit_many([image(5)], loop.time() + 30, [double_first]),
+                return_exceptions=True,
+            )
+            assert isinstance(outcomes[0], KeyError)
+            assert outcomes[1][0].finished == 100.0 and outcomes[1][0].batch_size == 2
+            with pytest.raises(ValueError, match="2 images but 1 finishers"):
+                await batcher.submit_many([image(6), image(7)], loop.time() + 30, [None])
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert gate.sizes == [3, 2]
+    assert threads and all(name.startswith("inference") for name in threads)
+
+
 def test_stop_answers_waiting_requests():
     gate = Gate()
 
