@@ -75,6 +75,30 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def warm_predictor(model: Path, image: np.ndarray, max_batch: int):
+    """The bare model (ONNX Runtime, the server's defaults), its input at batch 1
+    (``[1, 3, h, w]``) and at ``max_batch``, after three warm-up runs of each."""
+    from serve.runtime import Predictor
+
+    predictor = Predictor.from_path(model)
+    one, _ = predictor.prepare([image])
+    many = np.repeat(one, max_batch, axis=0)
+    for _ in range(3):
+        predictor.run(one)
+        predictor.run(many)
+    return predictor, one, many
+
+
+def network_latencies(predictor, one: np.ndarray, runs: int) -> list[float]:
+    """Seconds of ``runs`` network runs at batch 1."""
+    latency = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        predictor.run(one)
+        latency.append(time.perf_counter() - start)
+    return latency
+
+
 def paired(
     model: Path,
     image: np.ndarray,
@@ -92,21 +116,10 @@ def paired(
     (images/s, for ``raw_s`` seconds) and the network p50 at batch 1 (``runs`` runs), then
     ``wrk`` at concurrency 1 (``2 x requests``, at least 100) and 16 (``requests`` per
     connection; batching on), then the bare model again. Medians over rounds."""
-    from serve.runtime import Predictor
-
-    predictor = Predictor.from_path(model)
-    one, _ = predictor.prepare([image])
-    many = np.repeat(one, max_batch, axis=0)
-    for _ in range(3):
-        predictor.run(one)
-        predictor.run(many)
+    predictor, one, many = warm_predictor(model, image, max_batch)
 
     def bare() -> tuple[float, float]:
-        latency = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            predictor.run(one)
-            latency.append(time.perf_counter() - start)
+        latency = network_latencies(predictor, one, runs)
         batches, start = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < raw_s:  # seconds, like a server run:
             predictor.run(many)  # a second or so would catch one of the VM's fast/slow spells
@@ -173,17 +186,8 @@ def bare_model(model: Path, image: np.ndarray, max_batch: int, runs: int) -> dic
     at ``max_batch`` with two concurrent callers (same session; a 1-thread session)."""
     from serve.runtime import Predictor
 
-    predictor = Predictor.from_path(model)
-    one, _ = predictor.prepare([image])
-    many = np.repeat(one, max_batch, axis=0)
-    for _ in range(3):
-        predictor.run(one)
-        predictor.run(many)
-    latency = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predictor.run(one)
-        latency.append(time.perf_counter() - start)
+    predictor, one, many = warm_predictor(model, image, max_batch)
+    latency = network_latencies(predictor, one, runs)
     predict = []
     for _ in range(max(runs // 2, 5)):
         start = time.perf_counter()
