@@ -107,3 +107,49 @@ def test_bad_bytes():
     with pytest.raises(UnsupportedImage):
         decode_image(b"<svg xmlns='http://www.w3.org/2000/svg'/>", LIMIT)
     assert decode_image(png, LIMIT, name="named.jpg").shape == (256, 256, 3)  # bytes decide
+
+
+def pillow_decoded(data: bytes) -> np.ndarray:
+    """What the strict Pillow path gives: decode, EXIF rotation, RGB -> BGR."""
+    from PIL import ImageOps
+
+    return np.ascontiguousarray(
+        np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))[..., ::-1]
+    )
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0
+@pytest.mark.parametrize("size", [(480, 640), (31, 47), (1, 1)])
+def test_plain_jpegs_decode_to_the_same_pixels_as_pillow(size, subsampling, progressive):
+    """Plain colour JPEGs take OpenCV's decoder (the fast path); their pixels must be exactly
+    Pillow's, or the server's answers would depend on which decoder read the upload."""
+    from serve.images import plain_jpeg
+
+    picture = cv2.GaussianBlur(colourful(size[1], size[0]), (0, 0), 2)
+    data = pil_bytes(Image.fromarray(picture), "JPEG", quality=90, subsampling=subsampling,
+                     progressive=progressive)  # fmt: skip
+    assert plain_jpeg(Image.open(io.BytesIO(data)), data)
+    np.testing.assert_array_equal(decode_image(data, LIMIT), pillow_decoded(data))
+
+
+def test_which_jpegs_take_the_fast_path():
+    """Only a complete colour JPEG without an EXIF rotation; the others go through Pillow,
+    which still applies the rotation, decodes CMYK and grey, and refuses a cut-short file."""
+    from serve.images import plain_jpeg
+
+    colour = Image.fromarray(colourful())
+    plain = pil_bytes(colour, "JPEG", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = pil_bytes(colour, "JPEG", exif=exif.tobytes(), quality=95)
+    trailing = plain + b"trailing bytes after the end marker"
+    cases = {"plain": plain, "rotated": rotated, "grey": pil_bytes(colour.convert("L"), "JPEG"),
+             "cmyk": pil_bytes(colour.convert("CMYK"), "JPEG"), "trailing": trailing}  # fmt: skip
+    taken = {name: plain_jpeg(Image.open(io.BytesIO(data)), data) for name, data in cases.items()}
+    assert taken == {"plain": True, "rotated": False, "grey": False, "cmyk": False,
+                     "trailing": False}  # fmt: skip
+    assert decode_image(rotated, LIMIT).shape == (48, 32, 3)  # rotated by Pillow
+    np.testing.assert_array_equal(decode_image(trailing, LIMIT), decode_image(plain, LIMIT))
+    with pytest.raises(BadImage, match="truncated"):
+        decode_image(plain[:-300], LIMIT)
