@@ -26,6 +26,7 @@ applied, as ``cv2.imread`` does, so boxes refer to the image as viewers show it.
 from __future__ import annotations
 
 import io
+import struct
 
 import cv2
 import numpy as np
@@ -113,12 +114,12 @@ def plain_jpeg(image: Image.Image, data: bytes) -> bool:
     """A colour JPEG (YCbCr) that needs no rotation and ends in its end-of-image marker, so it is
     not cut short (OpenCV would decode a truncated file it does not reject to a grey-filled
     picture; Pillow refuses it)."""
-    return (
-        image.format == "JPEG"
-        and image.mode == "RGB"
-        and data.endswith(b"\xff\xd9")
-        and image.getexif().get(ExifTags.Base.Orientation, 1) == 1
-    )
+    if image.format != "JPEG" or image.mode != "RGB" or not data.endswith(b"\xff\xd9"):
+        return False
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error):  # a malformed EXIF block:
+        return False  # Pillow's path reads what it can, as for any other upload
 
 
 def image_kind(data: bytes) -> str:

@@ -153,3 +153,26 @@ def test_which_jpegs_take_the_fast_path():
     np.testing.assert_array_equal(decode_image(trailing, LIMIT), decode_image(plain, LIMIT))
     with pytest.raises(BadImage, match="truncated"):
         decode_image(plain[:-300], LIMIT)
+
+
+@pytest.mark.filterwarnings("ignore:.*(EXIF|Truncated File Read|Tag data).*:UserWarning")
+def test_a_damaged_exif_block_is_never_a_server_error():
+    """Every byte of a JPEG's EXIF block set to 0x00, 0x7f or 0xff in turn: each upload decodes
+    or is an ImageError (a 4xx), never another exception (a 500), whichever decoder it reaches."""
+    from serve.images import ImageError
+
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 1, "maker"
+    data = pil_bytes(Image.fromarray(colourful()), "JPEG", exif=exif.tobytes())
+    start = data.find(b"Exif\x00\x00") + 6
+    outcomes = set()
+    for position in range(start, start + 60):
+        for value in (0x00, 0x7F, 0xFF):
+            damaged = bytearray(data)
+            damaged[position] = value
+            try:
+                decode_image(bytes(damaged), LIMIT)
+                outcomes.add("decoded")
+            except ImageError:
+                outcomes.add("refused")
+    assert "decoded" in outcomes
