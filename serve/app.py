@@ -337,8 +337,9 @@ async def in_image_pool(state: ServerState, work: Callable[..., T], *args: Any) 
 async def run_images(
     state: ServerState, uploads: Sequence[UploadFile], params: DetectParams,
     keep_images: bool = False,
-) -> list[tuple[Prepared, BatchResult, float, tuple[Any, ...]]]:  # fmt: skip
-    """Decode, batch, infer and post-process the uploads of one request. At most
+) -> list[tuple[Prepared, BatchResult]]:  # fmt: skip
+    """Decode, batch, infer and post-process the uploads of one request: per upload, what was
+    prepared and its batch result, whose ``finished`` is :func:`finish`'s answer. At most
     ``settings.decode_workers`` images are decoded at once across all requests (the image
     pool's threads), which bounds the memory that decoded images can take (each up to
     ``max_pixels`` x 3 bytes)."""
@@ -371,22 +372,19 @@ async def run_images(
                        f"{settings.timeout_s:g} s ({exc})") from exc  # fmt: skip
     except BatcherClosed as exc:
         raise ApiError(503, "not_ready", str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from exc
-    return [(item, result, result.finish_s, result.finished)
-            for item, result in zip(prepared, results)]  # fmt: skip
+    return list(zip(prepared, results))
 
 
-def image_result(
-    item: Prepared, result: BatchResult, post_s: float, detections: list[Detection], started: float
-) -> ImageResult:
+def image_result(item: Prepared, result: BatchResult, started: float) -> ImageResult:
     height, width = item.shape
     return ImageResult(
         image=ImageSize(width=width, height=height),
-        detections=detections,
+        detections=result.finished[0],
         timings=Timings(
             decode_ms=round(item.decode_s * 1000, 3),
             queue_ms=round(result.queue_s * 1000, 3),
             inference_ms=round(result.inference_s * 1000, 3),
-            postprocess_ms=round(post_s * 1000, 3),
+            postprocess_ms=round(result.finish_s * 1000, 3),
             total_ms=round((time.perf_counter() - started) * 1000, 3),
             batch_size=result.batch_size,
         ),
@@ -437,16 +435,14 @@ async def detect(
         description="json: detections; image: the annotated image as JPEG")] = "json",
 ) -> Any:  # fmt: skip
     started = time.perf_counter()
-    [(item, result, post_s, outcome)] = await run_images(
-        state, [image], params, keep_images=format == "image"
-    )
-    detections, boxes, scores, classes = outcome
+    [(item, result)] = await run_images(state, [image], params, keep_images=format == "image")
+    _, boxes, scores, classes = result.finished
     assert state.predictor is not None
     if format == "image":
         names = state.predictor.metadata.class_names
         jpeg = await in_image_pool(state, annotate, item, boxes, scores, classes, names)
         return Response(jpeg, media_type="image/jpeg")
-    single = image_result(item, result, post_s, detections, started)
+    single = image_result(item, result, started)
     return DetectResponse(**single.model_dump(), model=state.predictor.metadata.model_name)
 
 
@@ -465,7 +461,7 @@ async def detect_batch(
     finished = await run_images(state, images, params)
     assert state.predictor is not None
     return BatchDetectResponse(
-        results=[image_result(i, r, p, o[0], started) for i, r, p, o in finished],
+        results=[image_result(item, result, started) for item, result in finished],
         model=state.predictor.metadata.model_name,
         total_ms=round((time.perf_counter() - started) * 1000, 3),
     )

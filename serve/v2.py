@@ -307,7 +307,7 @@ def v2_router(name: str) -> APIRouter:
             )
         elements = [_Element(data, f"{IMAGE_INPUT}[{i}]") for i, data in enumerate(parsed.images)]
         finished = await run_images(state, cast(list[UploadFile], elements), params)
-        detections = [Detections(*outcome[1:4]) for _, _, _, outcome in finished]
+        detections = [Detections(*result.finished[1:4]) for _, result in finished]
         tensors = detections_to_tensors(detections, params.max_det)
         content, headers, media_type = encode_infer_response(
             name, MODEL_VERSION, parsed.request_id, tensors, parsed.outputs
