@@ -1,5 +1,5 @@
 """NCHW against channels-last for the torch backend on the CPU (the measurement behind
-``serve.backends.torch.CPU_CHANNELS_LAST``).
+``serve.runtime.backends.torch.CPU_CHANNELS_LAST``).
 
 Runs ``TorchBackend.infer`` on one checkpoint with both memory layouts, interleaved (the order
 alternates each repeat), after two warm-up runs each, and prints the medians and the per-pair
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from serve.backends.torch import TorchBackend
+from serve.runtime.backends.torch import TorchBackend
 
 
 def main() -> None:

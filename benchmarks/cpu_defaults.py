@@ -58,9 +58,9 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from detector.engine.config import build_train_config
-    from detector.engine.trainer import Trainer
     from detector.models import get_model_config
+    from detector.training.config import build_train_config
+    from detector.training.trainer import Trainer
 
     logging.disable(logging.INFO)
     bccd = REPO / "data/bccd"
@@ -154,7 +154,7 @@ def main() -> None:
         child(args)
         return
 
-    from detector.engine.resources import cpu_plan, usable_cpus
+    from detector.training.resources import cpu_plan, usable_cpus
 
     plan = cpu_plan()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")

@@ -28,12 +28,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from detector.core.preprocess import preprocess  # noqa: E402
 from detector.data import build_dataset, load_data_config  # noqa: E402
-from detector.preprocess import preprocess  # noqa: E402
 from export.int8 import DEFAULT_METHOD, METHODS, quantize_int8, replace_config  # noqa: E402
 from export.int8_eval import evaluate_onnx  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
-from serve.metadata import read_onnx_metadata  # noqa: E402
+from serve.runtime.metadata import read_onnx_metadata  # noqa: E402
 
 # ONNX Runtime CPU forms tried for --target cpu (latency and accuracy); "cpu" is the shipped one
 CPU_VARIANTS: dict[str, dict[str, Any]] = {
@@ -50,8 +50,8 @@ def pytorch_map(weights: Path, data: Path) -> tuple[float, float]:
     """mAP of the checkpoint as ``detector eval`` computes it (same functions, CPU)."""
     import torch
 
-    from detector.engine.validate import evaluate_predictions, predict_split
     from detector.models import checkpoint_input_size, model_from_checkpoint
+    from detector.training.validate import evaluate_predictions, predict_split
 
     dataset = build_dataset(load_data_config(data), "val")
     model, meta = model_from_checkpoint(weights)

@@ -11,7 +11,8 @@ weights (batch norm fused, onnxslim, opset 17). Outputs are checked equal before
 Rows:
 - ``graph``: ``session.run`` alone, on the same letterboxed image;
 - ``pipeline``: one JPEG's bytes -> image decode -> pre-processing -> inference ->
-  post-processing (NMS) -> detections. Ours: ``cv2.imdecode`` + ``serve.runtime.Predictor``;
+  post-processing (NMS) -> detections. Ours: ``cv2.imdecode`` +
+  ``serve.runtime.predictor.Predictor``;
   official: ``cv2.imdecode`` + ``yolox.data.data_augment.preproc`` + the session +
   ``yolox.utils.multiclass_nms`` (what its ONNX Runtime demo does).
 
@@ -45,11 +46,11 @@ sys.path.insert(0, str(ROOT))
 from golden_fill import fill_state_dict  # noqa: E402
 from timing import interleaved  # noqa: E402
 
-from detector.engine.checkpoint import save_atomic  # noqa: E402
+from detector.core.preprocess import preprocess  # noqa: E402
 from detector.models import build_model  # noqa: E402
-from detector.preprocess import preprocess  # noqa: E402
+from detector.training.checkpoint import save_atomic  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
-from serve.runtime import Predictor  # noqa: E402
+from serve.runtime.predictor import Predictor  # noqa: E402
 
 CASES = [("yolox_nano", "yolox-nano", 416), ("yolox_s", "yolox-s", 640)]
 ISSUE_MS = {"yolox_nano": 9.2, "yolox_s": 108.0}  # the official ONNX timings quoted in the issue
@@ -246,7 +247,7 @@ def main() -> None:
         "",
         "Same weights on both sides (golden fill), outputs checked equal before timing. `graph`:",
         "`session.run` alone. `pipeline`: JPEG bytes -> decode -> letterbox -> inference -> NMS",
-        f"(conf {CONF}, IoU {IOU}); ours through `serve.runtime.Predictor`, official through",
+        f"(conf {CONF}, IoU {IOU}); ours through `Predictor`, official through",
         "`yolox.data.data_augment.preproc` + `yolox.utils.multiclass_nms`.",
         "",
     ]

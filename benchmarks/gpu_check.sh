@@ -32,7 +32,7 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 
 # 1. CUDA tests (about 2-3 minutes)
 { timeout 150 $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests
-  timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/engine/test_engine_train_cuda.py
+  timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/training/test_engine_train_cuda.py
 } 2>&1 | tee "$OUT/pytest_gpu.txt"
 
 # 2. detector bench on the GPU: random weights (speed does not depend on them)
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from detector.engine.checkpoint import save_atomic
+from detector.training.checkpoint import save_atomic
 from detector.models import build_model
 from export.onnx import export_onnx
 

@@ -2,7 +2,7 @@
 
 A change to the training defaults is judged on every dataset here, never on one. Each cell
 (dataset x model x recipe at one budget) trains from scratch through
-``detector.engine.launch.train`` (the trainer ``detector train`` runs), in a fresh run folder
+``detector.training.launch.train`` (the trainer ``detector train`` runs), in a fresh run folder
 under ``--out`` (``runs/recipe_check``), and takes the trainer's own COCO evaluation of the EMA
 weights on the val split: the best evaluated epoch (what ``best.pt`` keeps) and the last.
 
@@ -88,7 +88,7 @@ class Budget:
 
 def machine_precision() -> str:
     """``bf16`` where the trainer's default ``amp: true`` autocasts to bfloat16 on this CPU."""
-    from detector.engine.precision import cpu_has_native_bf16
+    from detector.training.precision import cpu_has_native_bf16
 
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
@@ -328,7 +328,7 @@ def train_cell(dataset: str, model: str, recipe: str, recipe_args: list[str], da
                budget: Budget, out: Path, workers: int | None) -> dict[str, Any]:  # fmt: skip
     """Train one cell in a fresh run folder; returns its result record."""
     from detector.data import build_dataset, load_data_config
-    from detector.engine.launch import train
+    from detector.training.launch import train
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     name = f"{dataset}_{model}_{recipe}_{budget.key()}_{stamp}"

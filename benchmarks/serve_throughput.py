@@ -59,8 +59,8 @@ WRK_SCRIPT = Path(__file__).with_name("serve_throughput_wrk.lua")  # POSTs the b
 def export_model(folder: Path, imgsz: int) -> Path:
     import torch
 
-    from detector.engine.checkpoint import save_atomic
     from detector.models import build_model
+    from detector.training.checkpoint import save_atomic
     from export.onnx import export_onnx
 
     torch.manual_seed(0)
@@ -78,7 +78,7 @@ def percentile(values: list[float], q: float) -> float:
 def warm_predictor(model: Path, image: np.ndarray, max_batch: int):
     """The bare model (ONNX Runtime, the server's defaults), its input at batch 1
     (``[1, 3, h, w]``) and at ``max_batch``, after three warm-up runs of each."""
-    from serve.runtime import Predictor
+    from serve.runtime.predictor import Predictor
 
     predictor = Predictor.from_path(model)
     one, _ = predictor.prepare([image])
@@ -184,7 +184,7 @@ def bare_model(model: Path, image: np.ndarray, max_batch: int, runs: int) -> dic
     """Network-only latency at batch 1, raw throughput at batch 1 and ``max_batch``, and the
     whole ``Predictor.predict`` (pre + network + post) latency; for reference, the throughput
     at ``max_batch`` with two concurrent callers (same session; a 1-thread session)."""
-    from serve.runtime import Predictor
+    from serve.runtime.predictor import Predictor
 
     predictor, one, many = warm_predictor(model, image, max_batch)
     latency = network_latencies(predictor, one, runs)

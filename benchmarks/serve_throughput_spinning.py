@@ -47,7 +47,10 @@ def main() -> int:
     runs: list[dict] = []
     for repeat in range(args.repeats):
         for spinning in ("0", "1"):
-            prelude = f"import serve.backends.onnxruntime as b; b.INTRA_OP_SPINNING = {spinning!r}"
+            prelude = (
+                "import serve.runtime.backends.onnxruntime as b; "
+                f"b.INTRA_OP_SPINNING = {spinning!r}"
+            )
             server = Server(model, work, "--max-batch", "8", "--queue-size", "256",
                             prelude=prelude)  # fmt: skip
             try:

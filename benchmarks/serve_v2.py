@@ -56,8 +56,8 @@ file:close()
 def export_model(folder: Path, imgsz: int) -> Path:
     import torch
 
-    from detector.engine.checkpoint import save_atomic
     from detector.models import build_model
+    from detector.training.checkpoint import save_atomic
     from export.onnx import export_onnx
 
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 One step = forward in train mode + loss (SimOTA included) + backward + SGD step, on a fixed
 synthetic batch (random images, a few random boxes per image, 80 classes). The official trainer is
 CUDA-only, so its model, its loss (``YOLOXHead.get_losses``) and its SGD (``exp.get_optimizer``)
-are timed in the same loop; ours uses ``detector.engine.optim.build_sgd`` (the same three groups).
+are timed in the same loop; ours uses ``detector.training.optim.build_sgd`` (the same three groups).
 The two sides alternate (order flipped every round); we report medians over the rounds and the
 share of the step spent in label assignment (``simota_assign`` here, ``get_assignments`` summed
 over the images there). A third side, ``ours_amp``, is ours with mixed precision as the trainer
@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 import detector.losses
-from detector.boxes import xyxy_to_cxcywh
-from detector.engine.optim import build_sgd
-from detector.engine.precision import autocast_dtype, describe
+from detector.core.boxes import xyxy_to_cxcywh
 from detector.losses import YOLOXLoss
 from detector.models import build_model
+from detector.training.optim import build_sgd
+from detector.training.precision import autocast_dtype, describe
 
 LOG = logging.getLogger("train_step")
 

@@ -25,7 +25,7 @@ import torchvision
 from torch import Tensor, nn
 
 from detector.assign import Assignment, simota_assign
-from detector.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from detector.core.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 from detector.models.decode import decode_boxes, flatten_levels, make_grid
 
 __all__ = ["YOLOXLoss", "paired_iou_loss"]

@@ -2,7 +2,7 @@
 
 The images come from a dataset config (its ``train`` split, so the validation images that
 ``--eval`` scores stay unseen) or from a directory. Each is read with OpenCV and passed through
-:func:`detector.preprocess.preprocess` at the model's input size: the one function that
+:func:`detector.core.preprocess.preprocess` at the model's input size: the one function that
 evaluation, export checks and serving use, so the ranges calibrated here are the ranges the
 deployed model sees.
 """
@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from detector.preprocess import preprocess
+from detector.core.preprocess import preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CONFIG_SUFFIXES = (".yaml", ".yml")

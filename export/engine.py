@@ -11,7 +11,7 @@ The two lines differ in how precision is chosen (see ``export/TENSORRT.md`` for 
 
 Which line is installed is read from ``tensorrt.__version__`` (:func:`plan_build`), never
 assumed. The engine file is the raw serialized plan (what ``trtexec --loadEngine`` and Triton
-load); its metadata goes to the ``M.engine.json`` sidecar (:mod:`serve.metadata`).
+load); its metadata goes to the ``M.engine.json`` sidecar (:mod:`serve.runtime.metadata`).
 
 Nothing in this module has run on a GPU in this repository's CI (no GPU there); the GPU tests in
 ``tests/export/test_export_engine.py`` run it where TensorRT and a GPU exist.
@@ -24,14 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detector.atomic import write_atomic
-from serve.backends.tensorrt import (
+from detector.core.atomic import write_atomic
+from serve.runtime.backends.tensorrt import (
     GpuInfo,
     TensorRTUnavailable,
     gpu_info,
     require_tensorrt,
 )
-from serve.metadata import INPUT_NAME, PRECISIONS, ModelMetadata, read_onnx_metadata, write_sidecar
+from serve.runtime.metadata import (
+    INPUT_NAME,
+    PRECISIONS,
+    ModelMetadata,
+    read_onnx_metadata,
+    write_sidecar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -436,8 +442,8 @@ def compare_with_onnx(
     ``[batch, 3, H, W]`` input of smooth random images and compare their outputs."""
     import numpy as np
 
-    from serve.backends.onnxruntime import OnnxRuntimeBackend
-    from serve.backends.tensorrt import TensorRTBackend
+    from serve.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from serve.runtime.backends.tensorrt import TensorRTBackend
 
     engine = TensorRTBackend(engine_path)
     reference = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])

@@ -47,9 +47,14 @@ from onnxruntime.quantization import (
     save_tensors_data,
 )
 
-from detector.config import suggest
+from detector.core.config import suggest
 from export.calib import ImageCalibrationReader, Progress, calibration_images
-from serve.metadata import INPUT_NAME, ModelMetadata, read_onnx_metadata, write_onnx_metadata
+from serve.runtime.metadata import (
+    INPUT_NAME,
+    ModelMetadata,
+    read_onnx_metadata,
+    write_onnx_metadata,
+)
 
 LOGGER = logging.getLogger(__name__)
 

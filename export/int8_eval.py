@@ -1,9 +1,10 @@
 """COCO mAP of an exported model file on a dataset's val split, through the serving runtime.
 
-Every image is read from the dataset, predicted by :class:`serve.runtime.Predictor` (the same
+Every image is read from the dataset, predicted by :class:`serve.runtime.predictor.Predictor` (the
+same
 pre-processing, backend and post-processing that serving runs) at the evaluation thresholds
 (``conf 0.01``, ``IoU 0.65``, as ``detector eval`` uses), and scored by the project's pycocotools
-evaluation (:func:`detector.engine.validate.evaluate_predictions`), so the figure is comparable
+evaluation (:func:`detector.training.validate.evaluate_predictions`), so the figure is comparable
 with ``detector eval`` on the PyTorch weights.
 """
 
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from detector.data import build_dataset, load_data_config
-from detector.engine.validate import Predictions, evaluate_predictions
 from detector.eval import CocoResult
+from detector.training.validate import Predictions, evaluate_predictions
 
 EVAL_CONF = 0.01
 EVAL_IOU = 0.65
@@ -33,7 +34,7 @@ def evaluate_onnx(
     progress: Callable[[int, int], None] | None = None,
 ) -> CocoResult:
     """Score ``model_path`` (any file the serving runtime loads) on ``split`` of ``data``."""
-    from serve.runtime import Predictor
+    from serve.runtime.predictor import Predictor
 
     dataset = build_dataset(load_data_config(data), split)
     predictor = Predictor.from_path(model_path)

@@ -1,6 +1,7 @@
 """Checkpoint -> ONNX: decode (and optionally class-aware NMS) in the graph, metadata inside.
 
-The graph takes ``images [B, 3, H, W]`` float32, BGR, 0-255 (what ``detector.preprocess`` makes)
+The graph takes ``images [B, 3, H, W]`` float32, BGR, 0-255 (what ``detector.core.preprocess``
+makes)
 and returns ``output [B, N, 5 + C]`` (the evaluation-mode model: ``cx, cy, w, h`` in input
 pixels, objectness, class scores), or with ``nms`` the four outputs of :mod:`export.nms`.
 Batch norm is folded into the convolutions first, the graph is simplified with onnxslim, and
@@ -27,7 +28,8 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from detector.atomic import write_atomic
+from detector.core.atomic import write_atomic
+from detector.core.preprocess import PreprocessSpec, as_size
 from detector.models import (
     YOLOX,
     checkpoint_input_size,
@@ -36,8 +38,7 @@ from detector.models import (
 )
 from detector.models.decode import decode_outputs
 from detector.ops import MAX_DET, PREDICT_CONF
-from detector.preprocess import PreprocessSpec, as_size
-from serve.metadata import (
+from serve.runtime.metadata import (
     INPUT_NAME,
     NMS_OUTPUTS,
     RAW_OUTPUT,

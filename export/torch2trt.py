@@ -29,10 +29,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detector.atomic import write_atomic
+from detector.core.atomic import write_atomic
 from export.engine import Profile
-from serve.backends.tensorrt import TensorRTUnavailable, gpu_info, require_tensorrt
-from serve.metadata import ModelMetadata, write_sidecar
+from serve.runtime.backends.tensorrt import TensorRTUnavailable, gpu_info, require_tensorrt
+from serve.runtime.metadata import ModelMetadata, write_sidecar
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,12 @@ REPO/N_postprocess/1/model.py      original image's pixels, padded to max_det
 ```
 
 Both Python models run the same ``model.py`` (a copy of :mod:`export.triton_model`, which
-imports our torch-free pre/post-processing: ``detector.preprocess``, ``serve.images``,
-``serve.postprocess``, ``serve.v2_io``); the ``role`` parameter in each config picks the half.
+imports our torch-free pre/post-processing: ``detector.core.preprocess``, ``serve.runtime.images``,
+``serve.runtime.postprocess``, ``serve.v2_io``); the ``role`` parameter in each config picks the
+half.
 
-Names, types and dims of the network come from the model's metadata (``serve.metadata``) and,
+Names, types and dims of the network come from the model's metadata (``serve.runtime.metadata``)
+and,
 for ONNX, are checked against the graph itself. Batching follows the model: Triton batches a
 model only when its batch dimension is dynamic (its backends reject ``max_batch_size > 0`` for
 a graph whose first dimension is fixed), so a fixed-batch model gets ``max_batch_size: 0``, its
@@ -39,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve.metadata import (
+from serve.runtime.metadata import (
     INPUT_NAME,
     NMS_OUTPUTS,
     RAW_OUTPUT,

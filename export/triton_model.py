@@ -11,10 +11,14 @@
   ``num_dets`` INT32 ``[B, 1]``, ``boxes`` FP32 ``[B, K, 4]`` (original image pixels),
   ``scores`` FP32 ``[B, K]``, ``classes`` INT32 ``[B, K]`` (``serve.v2_io``; K = max_det).
 
-It computes nothing itself: decoding is ``serve.images.decode_image`` (type from the bytes, size
-checked before decoding), pre- and post-processing are ``serve.runtime.Predictor.prepare`` and
-``Predictor.postprocess`` (``detector.preprocess``, ``serve.postprocess``), boxes go back with
-``detector.preprocess.boxes_to_original`` and are padded by ``serve.v2_io.detections_to_tensors``:
+It computes nothing itself: decoding is ``serve.runtime.images.decode_image`` (type from the bytes,
+size
+checked before decoding), pre- and post-processing are
+``serve.runtime.predictor.Predictor.prepare`` and
+``Predictor.postprocess`` (``detector.core.preprocess``, ``serve.runtime.postprocess``), boxes go
+back with
+``detector.core.preprocess.boxes_to_original`` and are padded by
+``serve.v2_io.detections_to_tensors``:
 the code our server runs, imported, so the two cannot drift apart. The Triton container needs
 ``pip install "detector[serve]"`` (NumPy, OpenCV, Pillow; no PyTorch).
 
@@ -33,10 +37,10 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from detector.preprocess import boxes_to_original
-from serve.images import ImageError, decode_image
-from serve.metadata import INPUT_NAME, NMS_OUTPUTS, RAW_OUTPUT, ModelMetadata
-from serve.runtime import Detections, Predictor, UnknownClassError, resolve_classes
+from detector.core.preprocess import boxes_to_original
+from serve.runtime.images import ImageError, decode_image
+from serve.runtime.metadata import INPUT_NAME, NMS_OUTPUTS, RAW_OUTPUT, ModelMetadata
+from serve.runtime.predictor import Detections, Predictor, UnknownClassError, resolve_classes
 from serve.v2_io import IMAGE_INPUT, detections_to_tensors
 
 LETTERBOX = "letterbox"
@@ -48,7 +52,8 @@ class RequestError(ValueError):
 
 
 class EnsembleStep:
-    """A ``serve.backends.base.Backend`` stand-in that carries the model's metadata only: in the
+    """A ``serve.runtime.backends.base.Backend`` stand-in that carries the model's metadata only:
+    in the
     ensemble the network runs as its own step (``N_model``), between these two halves."""
 
     name = "triton-ensemble"

@@ -1,8 +1,9 @@
 """Verification: an exported ONNX file, run through the serving runtime, against PyTorch.
 
 The same real-looking images (the BCCD sample in ``data/bccd`` when the repository has it,
-else generated ones from ``detector.data.synth``) go through ``detector.preprocess`` once; the
-batch runs through ONNX Runtime via :class:`serve.runtime.Predictor` (exactly what serves) and
+else generated ones from ``detector.data.synth``) go through ``detector.core.preprocess`` once; the
+batch runs through ONNX Runtime via :class:`serve.runtime.predictor.Predictor` (exactly what
+serves) and
 through the PyTorch model. Checked, per batch size (the fixed batch, or 1 and 3 for a dynamic
 batch):
 
@@ -40,12 +41,12 @@ import onnx
 import torch
 from torch import nn
 
-from detector.boxes import box_iou_numpy
+from detector.core.boxes import box_iou_numpy
 from detector.ops import postprocess
 from export.onnx import save_atomic
-from serve.metadata import ONNX_KEY, ModelMetadata, read_onnx_metadata, write_onnx_metadata
-from serve.postprocess import RawDetections
-from serve.runtime import Predictor
+from serve.runtime.metadata import ONNX_KEY, ModelMetadata, read_onnx_metadata, write_onnx_metadata
+from serve.runtime.postprocess import RawDetections
+from serve.runtime.predictor import Predictor
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "bccd" / "images"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -298,7 +299,8 @@ def verify_onnx(
     providers: list[str] | None = None,
     record: bool = True,
 ) -> VerifyReport:
-    """Compare ONNX file ``path`` (through :class:`serve.runtime.Predictor`) with ``model``
+    """Compare ONNX file ``path`` (through :class:`serve.runtime.predictor.Predictor`) with
+    ``model``
     (the PyTorch model it came from, evaluation mode). With ``record`` the verdict is written
     into the file's metadata (a pass as ``extra["verified"]``; a failure removes that claim).
     """

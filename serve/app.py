@@ -34,16 +34,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from detector.preprocess import boxes_to_original
-from detector.visualize import draw_boxes
-from serve.batching import (
-    BatcherClosed,
-    BatchResult,
-    DeadlineExceeded,
-    DynamicBatcher,
-    QueueFull,
-    Reservation,
-)
+from detector.core.preprocess import boxes_to_original
+from detector.core.visualize import draw_boxes
 from serve.http_metrics import Metrics
 from serve.http_middleware import (
     AdmissionMiddleware,
@@ -63,8 +55,16 @@ from serve.http_schemas import (
     Status,
     Timings,
 )
-from serve.images import ImageError, decode_image
-from serve.runtime import Predictor, UnknownClassError, backend_for, resolve_classes
+from serve.runtime.batching import (
+    BatcherClosed,
+    BatchResult,
+    DeadlineExceeded,
+    DynamicBatcher,
+    QueueFull,
+    Reservation,
+)
+from serve.runtime.images import ImageError, decode_image
+from serve.runtime.predictor import Predictor, UnknownClassError, backend_for, resolve_classes
 from serve.settings import ServeSettings, SettingsError, check_lanes, default_lanes
 from serve.web import router as web_router
 

@@ -14,8 +14,8 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from serve.batching import Reservation, holding
 from serve.http_metrics import Metrics
+from serve.runtime.batching import Reservation, holding
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -118,7 +118,8 @@ class BodyLimitMiddleware:
 class AdmissionMiddleware:
     """Refuse inference requests with 503 + Retry-After while the batcher has no room, before
     their body is read: under overload a refusal costs next to nothing. ``admit()`` returns the
-    refusal message, or a :class:`~serve.batching.Reservation` (a place in the queue held for
+    refusal message, or a :class:`~serve.runtime.batching.Reservation` (a place in the queue held
+    for
     the request while its body is read and decoded, released when it is queued or ends), or
     ``None`` (admit; e.g. before the model is loaded, when the route answers for itself).
 

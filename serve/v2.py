@@ -47,8 +47,8 @@ from serve.app import (
     run_images,
     server_state,
 )
-from serve.images import ImageError
-from serve.runtime import Detections, UnknownClassError, resolve_classes
+from serve.runtime.images import ImageError
+from serve.runtime.predictor import Detections, UnknownClassError, resolve_classes
 from serve.v2_io import (
     DEFAULT_CONF,
     DEFAULT_IOU,

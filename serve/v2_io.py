@@ -46,7 +46,8 @@ class _DetectionsLike(Protocol):
 def detections_to_tensors(
     detections: Sequence[_DetectionsLike], max_det: int = DEFAULT_MAX_DET
 ) -> dict[str, np.ndarray]:
-    """Per-image detections (``serve.runtime.Detections``, boxes in original pixels) -> the
+    """Per-image detections (``serve.runtime.predictor.Detections``, boxes in original pixels) ->
+    the
     padded output tensors above, batch ``B = len(detections)``, ``K = max_det``."""
     batch = len(detections)
     num_dets = np.zeros((batch, 1), np.int32)

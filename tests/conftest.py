@@ -37,8 +37,8 @@ def nano_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     scores cover 0-1 instead of the 1e-4 of the objectness prior."""
     import torch
 
-    from detector.engine.checkpoint import save_atomic
     from detector.models import build_model
+    from detector.training.checkpoint import save_atomic
     from export.onnx import export_onnx
 
     folder = tmp_path_factory.mktemp("nano_model")

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from detector.boxes import xyxy_to_cxcywh
+from detector.core.boxes import xyxy_to_cxcywh
 from detector.losses import YOLOXLoss, paired_iou_loss
 
 STRIDES = (8, 16, 32)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 
-from detector.boxes import box_area, xyxy_to_cxcywh
+from detector.core.boxes import box_area, xyxy_to_cxcywh
 
 __all__ = ["Assignment", "simota_assign", "simota_assign_reference"]
 

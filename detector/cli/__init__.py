@@ -20,7 +20,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from detector.config import suggest
+from detector.core.config import suggest
 
 # command name -> module under detector.cli that registers it
 COMMANDS: dict[str, str] = {

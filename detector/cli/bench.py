@@ -1,7 +1,8 @@
 """``detector bench``: latency (p50/p90/p99) and throughput of model files on any backend, with
 pre-processing, inference and post-processing timed apart; an aligned table and JSON.
 
-The measuring lives in :mod:`serve.bench` (torch-free), so this command benchmarks ``.onnx`` and
+The measuring lives in :mod:`serve.runtime.bench` (torch-free), so this command benchmarks
+``.onnx`` and
 ``.engine`` files in a serving install without PyTorch; a checkpoint brings torch in itself.
 """
 
@@ -153,8 +154,14 @@ def load_sources(sources: list[str]) -> tuple[list, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serve.bench import SYNTHETIC_SIZE, Target, format_table, run_benchmark, synthetic_images
-    from serve.runtime import backend_for
+    from serve.runtime.bench import (
+        SYNTHETIC_SIZE,
+        Target,
+        format_table,
+        run_benchmark,
+        synthetic_images,
+    )
+    from serve.runtime.predictor import backend_for
 
     targets = []
     for name in args.model:

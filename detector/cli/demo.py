@@ -4,7 +4,7 @@ Seven steps, each timed: generate a dataset (``SynthSpec.demo()``), train yolox_
 it (the COCO table), export ONNX and INT8 ONNX (with its accuracy report; on a GPU with
 TensorRT also an engine), serve the model with ``detector serve`` in a child process and send
 the sample images over HTTP, print the detections and write annotated images, then measure the
-serving-path latency per backend (``serve.bench``) and print a summary. The server is
+serving-path latency per backend (``serve.runtime.bench``) and print a summary. The server is
 stopped (SIGTERM, then SIGKILL) even when a step fails. Sized to train in about 10 minutes on a
 2-core CPU (benchmarks/demo_accuracy.md).
 """
@@ -122,7 +122,7 @@ def _data(out: Path, images: int) -> Path:
 
 
 def _train(args: argparse.Namespace, out: Path, data_yaml: Path) -> Path:
-    from detector.engine.launch import train
+    from detector.training.launch import train
 
     overrides = [
         f"epochs={args.epochs}",
@@ -206,7 +206,7 @@ def _engine(onnx: Path, folder: Path, device: str) -> Path | str:
     if device == "cpu":
         return "--device cpu"
     try:
-        from serve.backends.tensorrt import unavailable_reason
+        from serve.runtime.backends.tensorrt import unavailable_reason
     except ImportError as exc:
         return f"the TensorRT backend does not import ({exc})"
     reason = unavailable_reason()
@@ -284,11 +284,11 @@ def _latency(
     samples: list[Path],
     summary: dict,
 ) -> None:
-    """Median times of the serving path (``serve.bench``: pre-processing, network, post-
+    """Median times of the serving path (``serve.runtime.bench``: pre-processing, network, post-
     processing) per backend and precision, batch 1, over the sample images."""
     import cv2
 
-    from serve.bench import Target, run_benchmark
+    from serve.runtime.bench import Target, run_benchmark
 
     # threads: each backend's default here (torch keeps the training's CPU plan, 1 thread on
     # 2 cores: 2 threads run >50x slower beside a busy process, benchmarks/cpu_defaults.md)
@@ -325,7 +325,7 @@ def _print_summary(summary: dict, timings: dict[str, float], out: Path) -> None:
         print(f"{row['backend']:<12} {row['precision']:<5} {row['device']:<8} "
               f"{row['infer_p50_ms']:7.2f} ms {row['total_p50_ms']:8.2f} ms {size:>10}  "
               f"{row['path']}")  # fmt: skip
-    print("latency: medians, batch 1 (serve.bench); whole path = letterbox + network + NMS")
+    print("latency: medians, batch 1 (serve.runtime.bench); whole path = letterbox + network + NMS")
     if summary.get("engine_skipped"):
         print(f"TensorRT: skipped ({summary['engine_skipped']})")
     print("\nsteps: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))

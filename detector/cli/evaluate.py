@@ -34,11 +34,11 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from detector.data import build_dataset, load_data_config
-    from detector.engine.distributed import resolve_device
-    from detector.engine.resources import apply_threads, cpu_plan
-    from detector.engine.validate import evaluate_predictions, predict_split
     from detector.eval import format_per_class_table, voc_map50_from_predictions
     from detector.models import checkpoint_input_size, model_from_checkpoint
+    from detector.training.distributed import resolve_device
+    from detector.training.resources import apply_threads, cpu_plan
+    from detector.training.validate import evaluate_predictions, predict_split
 
     device = resolve_device(args.device)
     plan = cpu_plan(accelerator=device.type != "cpu")

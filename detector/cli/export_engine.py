@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_engine(args: argparse.Namespace) -> int:
     from export.engine import build_engine, compare_with_onnx
-    from serve.metadata import read_sidecar
+    from serve.runtime.metadata import read_sidecar
 
     out = build_engine(
         args.onnx,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from detector.defaults import MAX_DET, PREDICT_CONF
+from detector.core.defaults import MAX_DET, PREDICT_CONF
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -122,7 +122,7 @@ class PredictionWriter:
 
     def _annotate(self, image: np.ndarray, result: Result, txt_name: str) -> np.ndarray:
         """``image`` with ``result``'s boxes drawn; writes its YOLO labels with --save-txt."""
-        from detector.visualize import draw_boxes
+        from detector.core.visualize import draw_boxes
 
         boxes, scores, classes = result
         labels = classes.astype(int)
@@ -168,8 +168,8 @@ class PredictionWriter:
 
 
 def _classes(values: list[str] | None, class_names: Sequence[str]) -> list[int] | None:
-    """``--classes`` values -> class ids (:func:`serve.runtime.resolve_classes`)."""
-    from serve.runtime import UnknownClassError, resolve_classes
+    """``--classes`` values -> class ids (:func:`serve.runtime.predictor.resolve_classes`)."""
+    from serve.runtime.predictor import UnknownClassError, resolve_classes
 
     try:
         return resolve_classes(values, class_names)
@@ -182,10 +182,10 @@ def checkpoint_detector(args: argparse.Namespace):
     run one at a time."""
     import torch
 
-    from detector.engine.distributed import resolve_device
+    from detector.core.preprocess import boxes_to_original, preprocess
     from detector.models import checkpoint_input_size, model_from_checkpoint
     from detector.ops import postprocess
-    from detector.preprocess import boxes_to_original, preprocess
+    from detector.training.distributed import resolve_device
 
     device = resolve_device(args.device)
     model, meta = model_from_checkpoint(args.model, name=args.arch)
@@ -213,9 +213,10 @@ def checkpoint_detector(args: argparse.Namespace):
 
 
 def exported_detector(args: argparse.Namespace):
-    """(class names, detect, close, batch) for an exported model through :mod:`serve.runtime`;
+    """(class names, detect, close, batch) for an exported model through
+    :mod:`serve.runtime.predictor`;
     ``detect`` runs a list of images as one batch (split into the model's fixed batch)."""
-    from serve.runtime import Predictor
+    from serve.runtime.predictor import Predictor
 
     if args.imgsz or args.arch:
         raise ValueError(f"{args.model}: --imgsz and --arch apply to checkpoints only")

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from serve.app import create_app, load_predictor
-    from serve.runtime import backend_for
+    from serve.runtime.predictor import backend_for
 
     settings = settings_from_args(args)
     if not Path(settings.model).is_file():

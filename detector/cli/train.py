@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from detector.engine.launch import train
+    from detector.training.launch import train
 
     run_dir = train(args.model, args.data, args.overrides, weights=args.weights, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detector.config import ConfigError, apply_overrides, load_yaml, suggest
+from detector.core.config import ConfigError, apply_overrides, load_yaml, suggest
 
 FORMATS = ("coco", "yolo", "voc")
 BAD_IMAGE_POLICIES = ("error", "skip")

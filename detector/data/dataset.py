@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detector.boxes import box_area, xyxy_to_xywh
+from detector.core.boxes import box_area, xyxy_to_xywh
 from detector.data.config import DataConfig
 from detector.data.formats import read_split
 from detector.data.targets import (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.boxes import cxcywh_to_xyxy, xywh_to_xyxy
+from detector.core.boxes import cxcywh_to_xyxy, xywh_to_xyxy
 from detector.data.config import DataConfig
 from detector.data.targets import DataError, Record, check_labels, empty_targets
 

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from detector.core.preprocess import PAD_VALUE, as_size, preprocess
 from detector.data.augment import AugmentConfig, augment_hsv, finalize_boxes, hflip, reduce_factor
 from detector.data.dataset import DetectionDataset
 from detector.data.mosaic import fit_ratio, mixup, mosaic
-from detector.preprocess import PAD_VALUE, as_size, preprocess
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class TrainBatch(NamedTuple):
 
 
 class EvalBatch(NamedTuple):
-    """``images`` float32 ``[B, 3, H, W]`` letterboxed by ``detector.preprocess``; per image its
+    """``images`` float32 ``[B, 3, H, W]`` letterboxed by ``detector.core.preprocess``; per image
+    its
     id, letterbox ratio and original ``(height, width)``."""
 
     images: torch.Tensor
@@ -271,7 +272,7 @@ def resize_batch(batch: TrainBatch, size: int | tuple[int, int]) -> TrainBatch:
 
 # ------------------------------------------------------------------------------------ eval
 class EvalDataset(Dataset):
-    """Letterboxed images (``detector.preprocess``) with id, ratio and original size."""
+    """Letterboxed images (``detector.core.preprocess``) with id, ratio and original size."""
 
     def __init__(self, dataset: DetectionDataset | Subset, imgsz: int | tuple[int, int]) -> None:
         if isinstance(dataset, Subset):  # e.g. this process's share under torchrun

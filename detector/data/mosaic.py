@@ -15,6 +15,7 @@ import math
 import cv2
 import numpy as np
 
+from detector.core.preprocess import PAD_VALUE
 from detector.data.augment import (
     AugmentConfig,
     finalize_boxes,
@@ -23,7 +24,6 @@ from detector.data.augment import (
     transform_boxes,
 )
 from detector.data.dataset import DetectionDataset
-from detector.preprocess import PAD_VALUE
 
 Targets = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, boxes, labels
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.core.visualize import draw_boxes
 from detector.data.augment import AugmentConfig
 from detector.data.dataset import DetectionDataset
 from detector.data.loader import TrainBatch, build_train_loader
-from detector.visualize import draw_boxes
 
 
 def batch_grid(batch: TrainBatch, class_names: list[str], columns: int = 4) -> np.ndarray:

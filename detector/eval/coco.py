@@ -27,7 +27,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector.boxes import xyxy_to_xywh
+from detector.core.boxes import xyxy_to_xywh
 from detector.eval.voc import VocResult, voc_map50
 
 LOGGER = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from matplotlib import patheffects  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from detector.boxes import box_iou_numpy  # noqa: E402
+from detector.core.boxes import box_iou_numpy  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.boxes import box_iou_numpy, xywh_to_xyxy
+from detector.core.boxes import box_iou_numpy, xywh_to_xyxy
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
 
-from detector.preprocess import as_size
+from detector.core.preprocess import as_size
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detector.config import ConfigError, configs_dir, from_mapping, load_yaml, suggest
+from detector.core.config import ConfigError, configs_dir, from_mapping, load_yaml, suggest
 from detector.models.blocks import ACTIVATIONS
 
 CONFIG_DIR = configs_dir() / "models"

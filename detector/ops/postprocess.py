@@ -11,14 +11,14 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
-from detector.boxes import cxcywh_to_xyxy
-from detector.defaults import EVAL_CONF, MAX_DET, NMS_IOU
+from detector.core.boxes import cxcywh_to_xyxy
+from detector.core.defaults import EVAL_CONF, EVAL_IOU, MAX_DET
 
 
 def postprocess(
     pred: Tensor,
     conf_thres: float = EVAL_CONF,
-    iou_thres: float = NMS_IOU,
+    iou_thres: float = EVAL_IOU,
     class_agnostic: bool = False,
     max_det: int = MAX_DET,
 ) -> list[Tensor]:
@@ -69,7 +69,7 @@ def detections_to_original(
     """Map ``[K, 6]`` detections from letterboxed input pixels to the original image: boxes
     divided by ``ratio`` and clipped to its ``(height, width)``; score and class kept.
 
-    The torch twin of :func:`detector.preprocess.boxes_to_original`. Returns a new tensor.
+    The torch twin of :func:`detector.core.preprocess.boxes_to_original`. Returns a new tensor.
     """
     out = detections.clone()
     out[:, :4] = out[:, :4] / ratio

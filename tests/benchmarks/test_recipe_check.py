@@ -60,8 +60,8 @@ def test_official_recipe_keeps_a_cosine_phase(epochs: int) -> None:
     """The trainer's config of the official recipe: SGD at YOLOX's rate, 5 warm-up epochs, the
     official 15 no-aug epochs from 35 epochs on, and from 7 epochs on a cosine phase (below,
     the 5 warm-up epochs take the run)."""
-    from detector.engine.config import build_train_config
     from detector.models import get_model_config
+    from detector.training.config import build_train_config
 
     config = build_train_config(
         model_defaults=get_model_config("yolox_nano").train,

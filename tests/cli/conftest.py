@@ -28,8 +28,8 @@ def lively(tmp_path_factory: pytest.TempPathFactory) -> Path:
     and the predict tests need detections of several classes."""
     import torch
 
-    from detector.engine.checkpoint import save_atomic
     from detector.models import build_model
+    from detector.training.checkpoint import save_atomic
 
     torch.manual_seed(0)
     model = build_model("yolox_nano", num_classes=3)

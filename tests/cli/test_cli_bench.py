@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from detector.cli import main
-from serve.bench import PERCENTILES, STAGES, schedule, synthetic_images
+from serve.runtime.bench import PERCENTILES, STAGES, schedule, synthetic_images
 
 FIELDS = {"model", "backend", "precision", "device", "batch", "imgsz", "images", "repeats",
           "throughput"} | {f"{s}_p{p}_ms" for s in STAGES for p in PERCENTILES}  # fmt: skip

@@ -209,7 +209,7 @@ def test_video_is_annotated_frame_by_frame(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     from detector.cli import predict as predict_module
-    from serve.runtime import Predictor
+    from serve.runtime.predictor import Predictor
 
     monkeypatch.setattr(predict_module, "PROGRESS_EVERY_S", 0.0)  # report after every batch
     clip = write_video(tmp_path / f"clip{suffix}", images, fourcc=fourcc)

@@ -65,7 +65,7 @@ EXCLUDED: dict[str, str] = {
         "internet: GitHub; the test writes a stand-in of the official format instead",
     "torchrun --nproc_per_node 4 -m detector train --model yolox_s --data my_data.yaml batch=64":
         "four GPUs (or four CPU processes); two CPU processes with gloo are run by "
-        "tests/engine/test_engine_train.py::test_two_processes_train_with_gloo",
+        "tests/training/test_engine_train.py::test_two_processes_train_with_gloo",
     "detector export engine --onnx runs/export/model.onnx --out runs/export/model.engine "
     "--precision fp16":
         "TensorRT and a CUDA GPU",

@@ -1,10 +1,10 @@
-"""detector.boxes: conversions agree with torchvision.ops on numpy and torch inputs."""
+"""detector.core.boxes: conversions agree with torchvision.ops on numpy and torch inputs."""
 
 import numpy as np
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from detector import boxes
+from detector.core import boxes
 
 
 def test_conversions_match_torchvision_and_round_trip():

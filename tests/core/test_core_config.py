@@ -1,10 +1,10 @@
-"""detector.config: typed loading, suggestions for unknown keys, dotted overrides."""
+"""detector.core.config: typed loading, suggestions for unknown keys, dotted overrides."""
 
 from dataclasses import dataclass, field
 
 import pytest
 
-from detector.config import ConfigError, apply_overrides, from_mapping, load_yaml
+from detector.core.config import ConfigError, apply_overrides, from_mapping, load_yaml
 
 
 @dataclass(frozen=True)

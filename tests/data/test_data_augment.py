@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.config import from_mapping
+from detector.core.config import from_mapping
 from detector.data import AugmentConfig, build_dataset, load_data_config
 from detector.data.augment import augment_hsv, hflip, transform_boxes
 from detector.data.dataset import DetectionDataset

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from data_paths import BCCD_COCO, BCCD_ROOT, BCCD_VOC
 
-from detector.config import ConfigError
+from detector.core.config import ConfigError
 from detector.data import load_data_config
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from data_paths import BCCD_COCO, BCCD_VOC
 
-from detector.boxes import xyxy_to_cxcywh
+from detector.core.boxes import xyxy_to_cxcywh
 from detector.data import build_dataset, load_data_config
 from detector.data.dataset import DetectionDataset
 

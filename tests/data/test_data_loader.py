@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
+from detector.core.preprocess import preprocess
 from detector.data import (
     AugmentConfig,
     build_dataset,
@@ -20,7 +21,6 @@ from detector.data import (
     resize_batch,
 )
 from detector.data.loader import TrainBatch
-from detector.preprocess import preprocess
 
 
 @pytest.fixture(scope="module")

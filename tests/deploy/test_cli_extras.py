@@ -63,7 +63,7 @@ def test_engine_build_names_the_gpu_extra_for_onnx(onnx_model, tmp_path):
 
 def test_other_missing_modules_are_not_hidden(tmp_path):
     """A module outside the extras (a bug, not a missing extra) keeps its traceback."""
-    done = detector(["detector.engine.launch"], "train", "--model", "yolox_nano", "--data",
+    done = detector(["detector.training.launch"], "train", "--model", "yolox_nano", "--data",
                     "d.yaml", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "ModuleNotFoundError" in done.stderr

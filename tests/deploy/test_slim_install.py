@@ -74,7 +74,7 @@ def test_no_torch_and_dependencies_consistent(slim: Path):
         probe = run(slim / "python", "-c", f"import {module}")
         assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, module
     # the serving stack itself imports (and pulls no PyTorch in through a side door)
-    probe = run(slim / "python", "-c", "import serve.app, serve.runtime, export.engine")
+    probe = run(slim / "python", "-c", "import serve.app, serve.runtime.predictor, export.engine")
     assert probe.returncode == 0, probe.stderr
 
 
@@ -97,7 +97,7 @@ def test_cli_starts_and_training_commands_name_the_extra(slim: Path, tmp_path: P
 
 def expected(onnx_model: Path, image: Path):
     """What the runtime in this (full) environment detects on ``image``."""
-    from serve.runtime import Predictor
+    from serve.runtime.predictor import Predictor
 
     predictor = Predictor.from_path(onnx_model, providers=["CPUExecutionProvider"], threads=1)
     [dets] = predictor.predict([cv2.imread(str(image))], conf=CONF, iou=IOU)
@@ -160,9 +160,9 @@ def test_serve_answers_a_detect_request(slim: Path, onnx_model: Path, image: Pat
 
 def test_wheel_install_carries_the_configs(slim: Path, tmp_path: Path):
     # a non-editable install has no project folder beside the package: the YAML configs come
-    # with the wheel (pyproject's data-files) and detector.config.configs_dir() finds them
+    # with the wheel (pyproject's data-files) and detector.core.config.configs_dir() finds them
     code = (
-        "from detector.config import configs_dir; d = configs_dir(); print(d); "
+        "from detector.core.config import configs_dir; d = configs_dir(); print(d); "
         "print(sorted(p.name for p in (d / 'models').glob('*.yaml')))"
     )
     probe = run(slim / "python", "-c", code, cwd=tmp_path)

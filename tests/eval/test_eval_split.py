@@ -24,7 +24,7 @@ DATA_CFG = Path(__file__).resolve().parents[2] / "configs" / "data" / "bccd_coco
 
 
 @dataclass
-class _Predictions:  # the shape of detector.engine.validate.Predictions
+class _Predictions:  # the shape of detector.training.validate.Predictions
     image_ids: list[int]
     detections: list[np.ndarray]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.engine.checkpoint import save_atomic
 from detector.models import build_model
+from detector.training.checkpoint import save_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from golden_fill import fill_state_dict  # noqa: E402 - the deterministic weights of tests/models

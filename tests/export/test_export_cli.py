@@ -7,7 +7,7 @@ import torch
 
 from detector.cli import main
 from detector.models import build_model
-from serve.metadata import read_onnx_metadata
+from serve.runtime.metadata import read_onnx_metadata
 
 
 def test_export_onnx_command(nano_ckpt, tmp_path, capsys):

@@ -28,14 +28,14 @@ from export.engine import (
     plan_build,
     profile_shapes,
 )
-from serve.backends.tensorrt import (
+from serve.runtime.backends.tensorrt import (
     MISSING_TENSORRT,
     TensorRTUnavailable,
     gpu_info,
     require_tensorrt,
     unavailable_reason,
 )
-from serve.metadata import ModelMetadata, write_onnx_metadata
+from serve.runtime.metadata import ModelMetadata, write_onnx_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -278,7 +278,7 @@ def test_tensorrt_code_type_checks_against_tensorrt_stubs(tmp_path):
         "[mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]\n"
         "ignore_errors = True\n"
     )
-    files = ["export/engine.py", "export/torch2trt.py", "serve/backends/tensorrt.py"]
+    files = ["export/engine.py", "export/torch2trt.py", "serve/runtime/backends/tensorrt.py"]
     probe = tmp_path / "probe.py"  # proves the stubs are read: a wrong name must fail
     probe.write_text("import tensorrt as trt\ntrt.Builder.no_such_method\n")
     run = subprocess.run(
@@ -328,7 +328,7 @@ def test_engine_matches_onnx_runtime(precision, nano_onnx_files, tmp_path):
     """Build from the nano ONNX (FP32; the --half ONNX for fp16; the Q/DQ ONNX for int8), run
     batch 1 and 3 through the serving runner and compare with ONNX Runtime."""
     from export.engine import TOLERANCES, compare_with_onnx
-    from serve.metadata import read_sidecar
+    from serve.runtime.metadata import read_sidecar
 
     folder = nano_onnx_files["folder"]
     if precision == "int8":

@@ -10,8 +10,8 @@ from onnx import TensorProto
 
 from export.onnx import load_model
 from export.verify import TOLERANCES, sample_images, verify_onnx
-from serve.metadata import read_onnx_metadata
-from serve.runtime import Predictor
+from serve.runtime.metadata import read_onnx_metadata
+from serve.runtime.predictor import Predictor
 
 
 def test_half_graph_types(exported_variants):

@@ -15,15 +15,15 @@ from onnx import numpy_helper
 
 from detector.cli import export_int8 as cli_int8
 from detector.cli import main
-from detector.engine.launch import train
-from detector.preprocess import preprocess
+from detector.core.preprocess import preprocess
+from detector.training.launch import train
 from export import int8
 from export.calib import CalibrationError, ImageCalibrationReader, calibration_images
 from export.onnx import export_onnx
-from serve.metadata import read_onnx_metadata
-from serve.runtime import Predictor
+from serve.runtime.metadata import read_onnx_metadata
+from serve.runtime.predictor import Predictor
 
-# the memorising recipe of tests/engine/test_engine_train.py, shortened
+# the memorising recipe of tests/training/test_engine_train.py, shortened
 RECIPE = ["batch=4", "imgsz=128", "workers=0", "plots=false", "device=cpu", "epochs=30",
           "eval_interval=30", "optimizer=adamw", "lr_per_64=0.08", "augment.mosaic_prob=0",
           "augment.hsv_prob=0", "augment.flip_prob=0", "ema=false", "warmup_epochs=1",

@@ -16,8 +16,8 @@ from detector.ops import postprocess
 from export.nms import InGraphNms
 from export.onnx import export_onnx, load_model
 from export.verify import sample_images, verify_onnx
-from serve.metadata import NMS_OUTPUTS, read_onnx_metadata
-from serve.runtime import Predictor
+from serve.runtime.metadata import NMS_OUTPUTS, read_onnx_metadata
+from serve.runtime.predictor import Predictor
 
 
 def predictions(seed: int, batch: int = 4, anchors: int = 500, classes: int = 3) -> np.ndarray:

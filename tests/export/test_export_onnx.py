@@ -9,12 +9,12 @@ import pytest
 import torch
 from trt_ops import assert_tensorrt_parsable
 
+from detector.core.preprocess import boxes_to_original
 from detector.data.synth import SynthSpec, synth_image
 from detector.ops import postprocess
-from detector.preprocess import boxes_to_original
 from export.onnx import export_onnx, load_model
-from serve.metadata import read_onnx_metadata
-from serve.runtime import Predictor
+from serve.runtime.metadata import read_onnx_metadata
+from serve.runtime.predictor import Predictor
 
 SIZE = 128
 

@@ -31,9 +31,14 @@ from tritonclient.grpc import model_config_pb2
 
 from detector.cli import main
 from export.triton import MAX_DET_LIMIT, MAX_PIXELS, MODEL_PY
-from serve.images import decode_image
-from serve.metadata import ModelMetadata, read_onnx_metadata, write_onnx_metadata, write_sidecar
-from serve.runtime import Predictor
+from serve.runtime.images import decode_image
+from serve.runtime.metadata import (
+    ModelMetadata,
+    read_onnx_metadata,
+    write_onnx_metadata,
+    write_sidecar,
+)
+from serve.runtime.predictor import Predictor
 from serve.settings import ServeSettings
 from serve.v2_io import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, IMAGE_INPUT, OUTPUT_SPECS
 

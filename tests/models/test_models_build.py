@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detector.cli import main as cli_main
-from detector.config import ConfigError
+from detector.core.config import ConfigError
 from detector.models import (
     YOLOX,
     build_model,

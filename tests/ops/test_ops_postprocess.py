@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from detector.core.preprocess import boxes_to_original
 from detector.ops import detections_to_original, postprocess
-from detector.preprocess import boxes_to_original
 
 
 def iou(a: list[float], b: list[float]) -> float:

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from serve.runtime import Predictor
+from serve.runtime.predictor import Predictor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_live import encode, noise  # noqa: E402
@@ -43,9 +43,9 @@ def test_detect_equals_runtime_and_pytorch(client, serve_onnx):
     PyTorch model of the checkpoint it was exported from (``detector.ops.postprocess``)."""
     import torch
 
+    from detector.core.preprocess import boxes_to_original, preprocess
     from detector.models import model_from_checkpoint
     from detector.ops import postprocess
-    from detector.preprocess import boxes_to_original, preprocess
 
     predictor = Predictor.from_path(serve_onnx, providers=["CPUExecutionProvider"], threads=1)
     model, _ = model_from_checkpoint(serve_onnx.parent / "nano.pt")

@@ -8,8 +8,14 @@ import threading
 import numpy as np
 import pytest
 
-from serve.batching import BatcherClosed, DeadlineExceeded, DynamicBatcher, QueueFull, holding
-from serve.runtime import Predictor
+from serve.runtime.batching import (
+    BatcherClosed,
+    DeadlineExceeded,
+    DynamicBatcher,
+    QueueFull,
+    holding,
+)
+from serve.runtime.predictor import Predictor
 
 
 def pictures(count: int) -> list[np.ndarray]:
@@ -50,7 +56,7 @@ def test_results_are_the_same_alone_and_in_a_batch(serve_onnx):
         assert len(alone.scores) > 0
         np.testing.assert_array_equal(batched.classes, alone.classes)
         np.testing.assert_allclose(batched.scores, alone.scores, atol=1e-5)
-        from detector.preprocess import boxes_to_original
+        from detector.core.preprocess import boxes_to_original
 
         boxes = boxes_to_original(batched.boxes, ratio, image.shape[:2])
         np.testing.assert_allclose(boxes, alone.boxes, atol=1e-3)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from detector.cli import main
 from serve.app import create_app
-from serve.runtime import Predictor
+from serve.runtime.predictor import Predictor
 from serve.settings import (
     ServeSettings,
     SettingsError,

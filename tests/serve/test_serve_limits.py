@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.images import BadImage, ImageTooLarge, UnsupportedImage, decode_image
+from serve.runtime.images import BadImage, ImageTooLarge, UnsupportedImage, decode_image
 
 LIMIT = 10_000_000
 
@@ -124,7 +124,7 @@ def pillow_decoded(data: bytes) -> np.ndarray:
 def test_plain_jpegs_decode_to_the_same_pixels_as_pillow(size, subsampling, progressive):
     """Plain colour JPEGs take OpenCV's decoder (the fast path); their pixels must be exactly
     Pillow's, or the server's answers would depend on which decoder read the upload."""
-    from serve.images import plain_jpeg
+    from serve.runtime.images import plain_jpeg
 
     picture = cv2.GaussianBlur(colourful(size[1], size[0]), (0, 0), 2)
     data = pil_bytes(Image.fromarray(picture), "JPEG", quality=90, subsampling=subsampling,
@@ -136,7 +136,7 @@ def test_plain_jpegs_decode_to_the_same_pixels_as_pillow(size, subsampling, prog
 def test_which_jpegs_take_the_fast_path():
     """Only a complete colour JPEG without an EXIF rotation; the others go through Pillow,
     which still applies the rotation, decodes CMYK and grey, and refuses a cut-short file."""
-    from serve.images import plain_jpeg
+    from serve.runtime.images import plain_jpeg
 
     colour = Image.fromarray(colourful())
     plain = pil_bytes(colour, "JPEG", quality=95)
@@ -159,7 +159,7 @@ def test_which_jpegs_take_the_fast_path():
 def test_a_damaged_exif_block_is_never_a_server_error():
     """Every byte of a JPEG's EXIF block set to 0x00, 0x7f or 0xff in turn: each upload decodes
     or is an ImageError (a 4xx), never another exception (a 500), whichever decoder it reaches."""
-    from serve.images import ImageError
+    from serve.runtime.images import ImageError
 
     exif = Image.Exif()
     exif[0x0112], exif[0x010F] = 1, "maker"

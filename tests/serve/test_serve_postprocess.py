@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from detector.ops import postprocess
-from serve.postprocess import postprocess_nms, postprocess_raw
+from serve.runtime.postprocess import postprocess_nms, postprocess_raw
 
 
 def crowded_predictions(seed: int, batch: int = 3, anchors: int = 400, classes: int = 4):

@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from serve.backends.onnxruntime import OnnxModelError, OnnxRuntimeBackend, default_providers
-from serve.runtime import Detections, Predictor, backend_for, load_backend
+from serve.runtime.backends.onnxruntime import OnnxModelError, OnnxRuntimeBackend, default_providers
+from serve.runtime.predictor import Detections, Predictor, backend_for, load_backend
 
 
 def pictures(count: int) -> list[np.ndarray]:
@@ -24,9 +24,9 @@ def test_runtime_runs_without_torch(serve_onnx):
         f"""
         import sys
         import numpy as np
-        import serve.runtime, serve.backends.onnxruntime
-        from serve.metadata import read_onnx_metadata
-        predictor = serve.runtime.Predictor.from_path({str(serve_onnx)!r})
+        import serve.runtime.predictor, serve.runtime.backends.onnxruntime
+        from serve.runtime.metadata import read_onnx_metadata
+        predictor = serve.runtime.predictor.Predictor.from_path({str(serve_onnx)!r})
         images = [np.full((90, 120, 3), 80, np.uint8), np.zeros((50, 70, 3), np.uint8)]
         dets = predictor.predict(images, conf=0.05)
         assert len(dets) == 2 and dets[0].boxes.shape[1] == 4

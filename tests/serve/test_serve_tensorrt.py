@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.backends.tensorrt import (
+from serve.runtime.backends.tensorrt import (
     EngineMismatchError,
     EngineRunError,
     GpuInfo,
@@ -23,7 +23,7 @@ from serve.backends.tensorrt import (
     rebuild_command,
     unavailable_reason,
 )
-from serve.metadata import MetadataError, ModelMetadata, write_sidecar
+from serve.runtime.metadata import MetadataError, ModelMetadata, write_sidecar
 
 ROOT = Path(__file__).resolve().parents[2]
 ORIN = GpuInfo(name="Orin", compute_capability="8.7")
@@ -40,7 +40,7 @@ GPU_SKIP = unavailable_reason()
 
 def test_importing_the_backend_needs_neither_tensorrt_nor_torch():
     code = (
-        "import sys, serve.backends.tensorrt, serve.runtime\n"
+        "import sys, serve.runtime.backends.tensorrt, serve.runtime.predictor\n"
         "bad = [m for m in ('tensorrt', 'torch', 'cuda.bindings.runtime') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -117,7 +117,7 @@ def test_missing_engine_or_sidecar_names_the_file(tmp_path):
 
 @pytest.mark.skipif(GPU_SKIP is None, reason="TensorRT and a GPU are installed here")
 def test_without_tensorrt_or_gpu_construction_says_which(tmp_path):
-    from serve.runtime import load_backend
+    from serve.runtime.predictor import load_backend
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
@@ -140,7 +140,7 @@ def test_runner_dynamic_batch_and_profile_limits(serve_onnx, tmp_path):
     ONNX Runtime; batch 4 and a wrong image size are refused with the reason; a sidecar from
     another TensorRT makes loading fail with the rebuild command."""
     from export.engine import build_engine
-    from serve.backends.onnxruntime import OnnxRuntimeBackend
+    from serve.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     engine_path = build_engine(serve_onnx, tmp_path / "nano.engine", max_batch=3, opt_batch=2)
     backend = TensorRTBackend(engine_path)

@@ -14,8 +14,13 @@ import torch
 from fastapi.testclient import TestClient
 
 from serve.app import create_app
-from serve.backends.torch import TorchBackend, TorchDeviceError, TorchModelError, resolve_device
-from serve.runtime import Detections, Predictor, load_backend
+from serve.runtime.backends.torch import (
+    TorchBackend,
+    TorchDeviceError,
+    TorchModelError,
+    resolve_device,
+)
+from serve.runtime.predictor import Detections, Predictor, load_backend
 from serve.settings import ServeSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -152,7 +157,7 @@ def test_app_serves_a_checkpoint(checkpoint, serve_onnx):
 
 def test_serve_modules_import_no_torch():
     code = (
-        "import sys, serve.runtime, serve.app, serve.bench\n"
+        "import sys, serve.runtime.predictor, serve.app, serve.runtime.bench\n"
         "assert 'torch' not in sys.modules, 'serve imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serve.runtime import Detections
+from serve.runtime.predictor import Detections
 from serve.v2_io import OUTPUT_NAMES, detections_to_tensors
 from serve.v2_protocol import (
     BodyTooLarge,

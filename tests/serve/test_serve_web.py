@@ -55,9 +55,9 @@ def web_onnx(tmp_path_factory) -> Path:
     import cv2
     import torch
 
-    from detector.engine.checkpoint import save_atomic
+    from detector.core.preprocess import preprocess
     from detector.models import build_model
-    from detector.preprocess import preprocess
+    from detector.training.checkpoint import save_atomic
     from export.onnx import export_onnx
 
     folder = tmp_path_factory.mktemp("web_model")

@@ -1,1 +1,0 @@
-"""Inference backends: one interface (:class:`serve.backends.base.Backend`), one module each."""
