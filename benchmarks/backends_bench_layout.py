@@ -1,9 +1,10 @@
 """NCHW against channels-last for the torch backend on the CPU (the measurement behind
 ``serve.runtime.backends.torch.CPU_CHANNELS_LAST``).
 
-Runs ``TorchBackend.infer`` on one checkpoint with both memory layouts, interleaved (the order
-alternates each repeat), after two warm-up runs each, and prints the medians and the per-pair
-ratios (channels-last / NCHW; below 1 = channels-last faster). Results: backends_bench.md.
+Runs ``TorchBackend.infer`` on one checkpoint with both memory layouts, interleaved by
+``serve.runtime.bench.time_calls`` (the order alternates each repeat), after two warm-up runs
+each, and prints the medians and the per-pair ratios (channels-last / NCHW; below 1 =
+channels-last faster). Results: backends_bench.md.
 
     .venv/bin/python benchmarks/backends_bench_layout.py --weights W.pt --threads 1
 """
@@ -11,12 +12,12 @@ ratios (channels-last / NCHW; below 1 = channels-last faster). Results: backends
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 
 from serve.runtime.backends.torch import TorchBackend
+from serve.runtime.bench import time_calls
 
 
 def main() -> None:
@@ -35,16 +36,8 @@ def main() -> None:
     for batch in (int(b) for b in args.batch.split(",")):
         images = np.random.default_rng(0).uniform(0, 255, (batch, 3, height, width))
         images = images.astype(np.float32)
-        times: dict[str, list[float]] = {layout: [] for layout in backends}
-        for backend in backends.values():
-            backend.infer(images)
-            backend.infer(images)
-        for repeat in range(args.repeats):
-            order = list(backends) if repeat % 2 == 0 else list(reversed(backends))
-            for layout in order:
-                start = time.perf_counter()
-                backends[layout].infer(images)
-                times[layout].append((time.perf_counter() - start) * 1000)
+        calls = {layout: (lambda b=b, x=images: b.infer(x)) for layout, b in backends.items()}
+        times = time_calls(calls, args.repeats, warmup=2)
         nchw, last = np.median(times["nchw"]), np.median(times["channels_last"])
         pairs = np.round(np.array(times["channels_last"]) / np.array(times["nchw"]), 2)
         print(

@@ -4,8 +4,9 @@ Accuracy (COCO mAP on the data's val split, calibration on its train split):
   PyTorch (``detector eval``'s path) vs the FP32 ONNX vs INT8 for each calibration method
   (TensorRT target), quantize-everything, and the CPU target and its measured variants.
 Latency (ONNX Runtime CPU provider, batch 1, the network alone): FP32 vs each INT8 file, the
-  repeats interleaved (FP32, INT8 a, INT8 b, ... in turn) so that the shared machine's load hits
-  every model alike; medians and the ratio to FP32.
+  repeats interleaved (``serve.runtime.bench.time_calls``: every model once per repeat, the order
+  rotated each repeat) so that the shared machine's load hits every model alike; medians and the
+  ratio to FP32.
 
     python benchmarks/export_int8.py --weights runs/tiny_bccd/weights/best.pt \
         --data configs/data/bccd.yaml --out-dir runs/int8_bench
@@ -33,6 +34,7 @@ from detector.data import build_dataset, load_data_config  # noqa: E402
 from export.int8 import DEFAULT_METHOD, METHODS, quantize_int8, replace_config  # noqa: E402
 from export.int8_eval import evaluate_onnx  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
+from serve.runtime.bench import time_calls  # noqa: E402
 from serve.runtime.metadata import read_onnx_metadata  # noqa: E402
 
 # ONNX Runtime CPU forms tried for --target cpu (latency and accuracy); "cpu" is the shipped one
@@ -134,19 +136,12 @@ def latency(models: dict[str, Path], image: np.ndarray, repeats: int) -> dict[st
     for name, path in models.items():
         sessions[name] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {"images": image}
-    for session in sessions.values():  # warm-up
-        for _ in range(3):
-            session.run(None, feed)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(repeats):
-        for name, session in sessions.items():
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            times[name].append(time.perf_counter() - t0)
+    calls = {name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()}
+    times = time_calls(calls, repeats, warmup=3)  # milliseconds, rotating order per repeat
     base = times["fp32"]
     return {
         name: {
-            "median_ms": round(1000 * statistics.median(t), 2),
+            "median_ms": round(statistics.median(t), 2),
             # median of per-repeat ratios: each repeat's FP32 run against this model's run
             "speedup_vs_fp32": round(statistics.median(b / x for b, x in zip(base, t)), 3),
         }

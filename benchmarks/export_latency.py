@@ -44,16 +44,16 @@ sys.path.insert(0, str(ROOT / "tests" / "models"))
 sys.path.insert(0, str(ROOT))
 
 from golden_fill import fill_state_dict  # noqa: E402
-from timing import interleaved  # noqa: E402
 
 from detector.core.preprocess import preprocess  # noqa: E402
 from detector.models import build_model  # noqa: E402
 from detector.training.checkpoint import save_atomic  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
+from serve.runtime.bench import time_calls  # noqa: E402
 from serve.runtime.predictor import Predictor  # noqa: E402
 
 CASES = [("yolox_nano", "yolox-nano", 416), ("yolox_s", "yolox-s", 640)]
-ISSUE_MS = {"yolox_nano": 9.2, "yolox_s": 108.0}  # the official ONNX timings quoted in the issue
+REFERENCE_MS = {"yolox_nano": 9.2, "yolox_s": 108.0}  # official ONNX timings quoted as reference
 IMAGE = ROOT / "data" / "bccd" / "images" / "BloodImage_00000.jpg"
 CONF, IOU = 0.25, 0.45
 
@@ -161,7 +161,7 @@ def measure(name: str, official_name: str, size: int, args: argparse.Namespace) 
         diff = float(np.abs(a - b).max())
         assert np.allclose(a[..., :4], b[..., :4], atol=1e-4 * scale, rtol=1e-4), diff
         assert np.allclose(a[..., 4:], b[..., 4:], atol=1e-4), diff
-        graph = interleaved(
+        graph = time_calls(
             {
                 "ours": lambda: ours.run(None, {"images": x}),
                 "official": lambda: theirs.run(None, {"images": x}),
@@ -169,7 +169,7 @@ def measure(name: str, official_name: str, size: int, args: argparse.Namespace) 
             args.repeats,
         )
         ours_run, theirs_run = our_pipeline(predictor), official_pipeline(theirs, size)
-        pipeline = interleaved(
+        pipeline = time_calls(
             {"ours": lambda: ours_run(data), "official": lambda: theirs_run(data)}, args.repeats
         )
         return {"graph": graph, "pipeline": pipeline, "diff": diff, "scale": scale}
@@ -224,7 +224,7 @@ def main() -> None:
             ratio = statistics.median(a / b for a, b in zip(times["ours"], times["official"]))
             rows.append(
                 f"| {name} @{size} | {what} | {med['ours']:.1f} | {med['official']:.1f} | "
-                f"{ratio:.3f} | {ISSUE_MS[name] if what == 'graph' else '-'} |"
+                f"{ratio:.3f} | {REFERENCE_MS[name] if what == 'graph' else '-'} |"
             )
             print(rows[-1], flush=True)
         print(f"{name}: outputs equal (max diff {result['diff']:.2g}, box scale "
@@ -254,7 +254,7 @@ def main() -> None:
     if args.note:
         lines += [args.note, ""]
     lines += [
-        "| model | what | ours (ms) | official (ms) | ours / official | issue's official (ms) |",
+        "| model | what | ours (ms) | official (ms) | ours / official | reference official (ms) |",
         "|---|---|---|---|---|---|",
         *rows,
         "",

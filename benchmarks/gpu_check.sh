@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Every CUDA test and GPU measurement of the project in ONE run, for a session that is lent a
-# GPU machine (the `device` tool: about 15 minutes of device time in all, no network there,
-# PyTorch CUDA and onnxruntime (CPU) present, no TensorRT). Nothing here has run yet: no
-# session so far was lent a GPU.
+# Every CUDA test and GPU measurement of the project in ONE run, for a GPU machine with little
+# time on it (about 15 minutes in all, no network there, PyTorch CUDA and onnxruntime (CPU)
+# present, no TensorRT). Nothing here has run yet: no GPU machine has been available so far.
 #
 # Here, first (fetches the serving/eval packages the device image lacks, as py3.12 wheels):
 #     bash benchmarks/gpu_wheels.sh            # -> .whl/ (ignored by git; carry it)
@@ -14,7 +13,7 @@
 #   1. pytest -m gpu plus the CUDA training tests: PyTorch serve backend (float16, CUDA graphs
 #      on/off against float32), trainer on CUDA; the TensorRT tests skip (no TensorRT there).
 #   2. detector bench, torch backend on CUDA: nano@416 and s@640, batch 1 and 32, float32 and
-#      float16, CUDA graphs off and on (issue 9's GPU measurement), ONNX Runtime CPU beside it.
+#      float16, CUDA graphs off and on (the serving backends' GPU measurement), ONNX Runtime CPU beside it.
 #   3. a short CUDA training run of the demo's recipe (time per epoch on the GPU).
 set -uo pipefail
 OUT=${OUT:-runs/gpu_check}

@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT / "tests" / "models"))
 sys.path.insert(0, str(ROOT))
 
 from golden_fill import fill_state_dict, golden_input  # noqa: E402
-from timing import interleaved  # noqa: E402
 
 from detector.models import build_model, fuse_model  # noqa: E402
+from serve.runtime.bench import time_calls  # noqa: E402
 
 CASES = [("yolox_nano", "yolox-nano", 416), ("yolox_s", "yolox-s", 640)]
-ISSUE_MS = {"yolox_nano": 46.0, "yolox_s": 205.0}  # the official timings quoted in the issue
+REFERENCE_MS = {"yolox_nano": 46.0, "yolox_s": 205.0}  # official timings quoted as reference
 
 
 def variants(name: str, official_name: str) -> dict[str, torch.nn.Module]:
@@ -61,7 +61,7 @@ def bench(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> 
         outs = {k: c() for k, c in calls.items()}
         for k in calls:
             torch.testing.assert_close(outs[k], outs["official"], rtol=1e-3, atol=1e-3)
-        return interleaved(calls, repeats)
+        return time_calls(calls, repeats)
 
 
 def main() -> None:
@@ -114,7 +114,7 @@ def main() -> None:
         "same repeat), which cancels slow changes in the machine's load.",
         "",
         "| model | input | ours | ours fused | official | official fused | ours / official "
-        "| ours fused / official | official fused / official | issue's official |",
+        "| ours fused / official | official fused / official | reference official |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, size, med in rows:
@@ -122,7 +122,7 @@ def main() -> None:
             f"| {name} | {size} | {med['ours']:.1f} | {med['ours fused']:.1f} | "
             f"{med['official']:.1f} | {med['official fused']:.1f} | "
             f"{med['ours ratio']:.3f} | {med['ours fused ratio']:.3f} | "
-            f"{med['official fused ratio']:.3f} | {ISSUE_MS[name]:.0f} |"
+            f"{med['official fused ratio']:.3f} | {REFERENCE_MS[name]:.0f} |"
         )
     args.md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

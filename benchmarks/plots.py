@@ -1,9 +1,9 @@
 """Plots for BENCHMARKS.md, drawn from the figures the benchmarks wrote (nothing typed twice).
 
-Sources: the JSON files benchmarks write (``serve_throughput*.json`` sweeps,
-``backends_bench*.json`` rows of ``detector bench --json``) and otherwise the Markdown tables
-of ``benchmarks/*.md``, found by their header row (:func:`find_table`). Writes
-``benchmarks/plots/*.png``:
+Sources: the JSON files benchmarks write, kept in ``benchmarks/results/``
+(``serve_throughput*.json`` sweeps, ``backends_bench*.json`` rows of ``detector bench --json``),
+and otherwise the Markdown tables of ``benchmarks/*.md``, found by their header row
+(:func:`find_table`). Writes ``benchmarks/plots/*.png``:
 
 - ``latency.png``: batch-1 latency per model and backend (PyTorch eval ours vs official;
   ONNX Runtime graph and pipeline ours vs official; ``detector bench`` rows when present);
@@ -36,6 +36,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+RESULTS = "results"  # the benchmarks' JSON outputs, under the benchmarks folder
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 HEADING = re.compile(r"^#{1,6}\s+(.*)$")
 SEPARATOR_CELL = re.compile(r"^:?-{3,}:?$")
@@ -178,19 +179,19 @@ def machine(path: Path) -> str:
 
 
 def serve_sweeps(bench_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """``serve_throughput*.json`` files that hold a concurrency sweep (a load-only run has an
-    empty one), by name."""
-    for path in sorted(bench_dir.glob("serve_throughput*.json")):
+    """``results/serve_throughput*.json`` files that hold a concurrency sweep (a load-only run
+    has an empty one), by name."""
+    for path in sorted((bench_dir / RESULTS).glob("serve_throughput*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and data.get("sweep"):
             yield path, data
 
 
 def bench_rows(bench_dir: Path) -> list[dict[str, Any]]:
-    """Rows of ``detector bench --json`` files (``backends_bench*.json``): a list of rows, or a
-    dict with them under ``rows``."""
+    """Rows of ``detector bench --json`` files (``results/backends_bench*.json``): a list of rows,
+    or a dict with them under ``rows``."""
     rows: list[dict[str, Any]] = []
-    for path in sorted(bench_dir.glob("backends_bench*.json")):
+    for path in sorted((bench_dir / RESULTS).glob("backends_bench*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         found = data.get("rows", []) if isinstance(data, dict) else data
         rows += [r for r in found if isinstance(r, dict) and "total_p50_ms" in r]
@@ -246,7 +247,7 @@ def latency_panels(bench_dir: Path) -> list[tuple[str, list[str], dict[str, list
     if rows:
         panels.append((
             f"detector bench, batch 1, p50 ms ({machine(bench_dir / 'backends_bench.md')})"
-            "\nbackends_bench*.json",
+            "\nresults/backends_bench*.json",
             [f"{r['model']}\n{r['backend']} {r['precision']}\n{r['device']}" for r in rows],
             {
                 "inference": [float(r["infer_p50_ms"]) for r in rows],
@@ -357,8 +358,8 @@ def plot_serve(bench_dir: Path) -> Figure | None:
 
 
 def train_points(path: Path) -> list[tuple[str, float, float, str]]:
-    """(label, minutes, mAP, kind) from ``train_quality.md``: the session-2 summary (ours and
-    yolo11n on one machine) and the anchors table (the issue author's runs)."""
+    """(label, minutes, mAP, kind) from ``train_quality.md``: the mixed-precision summary (ours
+    and yolo11n on one machine) and the anchors table (the reference runs, measured elsewhere)."""
     points = []
     summary = find_table(path, "model", "params", "mAP", "minutes")
     for r in summary.records():
@@ -380,10 +381,10 @@ def plot_train(bench_dir: Path) -> Figure | None:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = {
-        "ours": ("o", "ours (session-2 summary: AMX CPU, bfloat16)"),
+        "ours": ("o", "ours (2026-11-22 summary: AMX CPU, bfloat16)"),
         "yolo11n": ("s", "yolo11n, same machine and budget as ours"),
-        "official *": ("^", "official YOLOX recipe (issue author's runs)"),
-        "yolo11n *": ("D", "yolo11n (issue author's run)"),
+        "official *": ("^", "official YOLOX recipe (reference runs)"),
+        "yolo11n *": ("D", "yolo11n (reference run)"),
     }
     points = train_points(path)
     for kind, (marker, legend) in markers.items():

@@ -1,4 +1,4 @@
-"""Recipe check (issue 13): train nano and tiny briefly with a recipe on several datasets.
+"""Recipe check: train nano and tiny briefly with a recipe on several datasets.
 
 A change to the training defaults is judged on every dataset here, never on one. Each cell
 (dataset x model x recipe at one budget) trains from scratch through
@@ -10,26 +10,27 @@ Recipes:
 
 - ``ours``: the shipped defaults (``schedule: auto``, the short-run values for short runs);
 - ``official``: the official YOLOX recipe, ``schedule=yolox`` (SGD 0.01 per 64 images, 5 warm-up
-  epochs, 15 no-aug epochs) at a fixed input size (``multiscale_range=0``, as the issue's
-  anchors); only where the run is too short to hold 5 + 15 epochs and a cosine phase is the
-  no-aug phase cut to ``(epochs - 5) // 2`` (at least 1), see ``official_overrides``;
+  epochs, 15 no-aug epochs) at a fixed input size (``multiscale_range=0``, as the reference
+  runs of ``benchmarks/train_quality.md``); only where the run is too short to hold 5 + 15
+  epochs and a cosine phase is the no-aug phase cut to ``(epochs - 5) // 2`` (at least 1), see
+  ``official_overrides``;
 - ``--name NAME key=value ...``: a named recipe of your overrides on top of ``ours``.
 
 Datasets (generated ones are made on the fly with ``detector.data.synth`` and reused while
 their header matches):
 
 - ``synth_lookalike``: 1-3 objects per image, the classes told apart only by a small symbol on
-  a shared card (``lookalike``), like issue 13's phone photos;
+  a shared card (``lookalike``), like the phone photos the check started from;
 - ``synth_demo``: the demo's data (``SynthSpec.demo()``: 1-6 objects of five shape/colour classes);
 - ``synth_dense``: many small objects (4-20 per image, 12-96 px), BCCD-like density;
 - ``bccd``: BCCD blood cells (configs/data/bccd_coco.yaml), or its first ``--bccd-images`` train
   images (val always whole);
 - ``bccd_merged``: the same with the three classes merged into one (``cell``).
 
-Results go to a JSON file (``--results``, default ``benchmarks/recipe_check.json``): a cell already
-there with the same budget is not trained again (``--force`` retrains), so an interrupted check
-resumes where it stopped. Each new cell is appended as a row, with the exact command, the CPU
-and the date, to ``benchmarks/recipe_check.md``.
+Results go to a JSON file (``--results``, default ``benchmarks/results/recipe_check.json``): a
+cell already there with the same budget is not trained again (``--force`` retrains), so an
+interrupted check resumes where it stopped. Each new cell is appended as a row, with the exact
+command, the CPU and the date, to ``benchmarks/recipe_check.md``.
 
     .venv/bin/python benchmarks/recipe_check.py --models yolox_nano \\
         --datasets synth_lookalike synth_demo --images 200 --epochs 10 --imgsz 320
@@ -60,7 +61,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 DATASETS = ("synth_lookalike", "synth_demo", "synth_dense", "bccd", "bccd_merged")
 MODELS = ("yolox_nano", "yolox_tiny")
 BUILTIN_RECIPES = ("ours", "official")
-DEFAULT_RESULTS = REPO / "benchmarks" / "recipe_check.json"
+DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "recipe_check.json"
 DEFAULT_TABLE = REPO / "benchmarks" / "recipe_check.md"
 
 
@@ -157,7 +158,7 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: no evaluated epoch")
     best = max(rows, key=lambda r: float(r["mAP"]))
     epoch_s = sorted(float(r["epoch_s"]) for r in every if r.get("epoch_s"))
-    # the loader's share of each epoch (metrics.csv has data_wait_s since session 5)
+    # the loader's share of each epoch (metrics.csv has data_wait_s since commit f35e4fa)
     waits = sorted(
         float(r["data_wait_s"]) / float(r["epoch_s"])
         for r in every

@@ -25,7 +25,8 @@ Usage::
 
 Without ``--model`` a randomly initialised yolox_nano is exported at ``--imgsz`` (speed does not
 depend on the weights). Needs ``wrk`` (Debian: ``apt-get install wrk``). Writes a table to
-stdout and ``benchmarks/serve_throughput.json``. Traffic goes to 127.0.0.1 only.
+stdout and ``benchmarks/results/serve_throughput.json`` (``--out``: name the file after what the
+run measured). Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import platform
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,8 +49,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from serve.launch import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
-STARTED = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 BOUNDARY = "benchboundary7f3a"
 
 WRK_SCRIPT = Path(__file__).with_name("serve_throughput_wrk.lua")  # POSTs the body file
@@ -216,44 +217,20 @@ def bare_model(model: Path, image: np.ndarray, max_batch: int, runs: int) -> dic
     }
 
 
-class Server:
-    """``detector serve`` on 127.0.0.1 (a free port); ``prelude``: Python run in the server
-    process before the CLI (e.g. to try a backend option that has no flag)."""
+class Server(ServerProcess):
+    """``detector serve`` on 127.0.0.1 (a free port), started by :mod:`serve.launch` and ready
+    on construction; its log and JSON access log in ``folder``. ``prelude``: Python run in the
+    server process before the CLI (e.g. to try a backend option that has no flag). Adds what the
+    benchmarks read: the lanes it runs, and its own count of answers (``/metrics``)."""
 
     def __init__(self, model: Path, folder: Path, *flags: str, prelude: str = "") -> None:
         stem = folder / f"server_{int(time.time() * 1000)}"
-        self.log, self.access_log = stem.with_suffix(".log"), stem.with_suffix(".access.jsonl")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
-        with open(self.log, "w") as log, open(self.access_log, "w") as access:
-            cli = f"{prelude}\nimport sys\nfrom detector.cli import main\nsys.exit(main())"
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", cli, "serve", "--model", str(model), "--port", "0",
-                 *flags],
-                stdout=access, stderr=log, env=env, cwd=ROOT,
-            )  # fmt: skip
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            text = self.log.read_text()
-            match = STARTED.search(text)
-            if match:
-                self.url = f"http://127.0.0.1:{match.group(1)}"
-                lanes = re.search(r"(\d+) lane\(s\)", text)
-                self.lanes = int(lanes.group(1)) if lanes else None
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{self.log.read_text()[-2000:]}")
-
-    def cpu_s(self) -> float:
-        """CPU seconds (user + system, all threads) the server process has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        super().__init__(model, stem.with_suffix(".log"), flags,
+                         access_log=stem.with_suffix(".access.jsonl"), prelude=prelude, cwd=ROOT,
+                         stop_timeout=60)  # fmt: skip
+        self.start(ready_timeout=300)
+        lanes = re.search(r"(\d+) lane\(s\)", self.log_text())
+        self.lanes = int(lanes.group(1)) if lanes else None
 
     def request_counts(self) -> dict[str, float]:
         """The server's own count of ``/v1/detect`` answers by status (``/metrics``)."""
@@ -266,14 +243,6 @@ class Server:
                 status = line.split('status="')[1].split('"')[0]
                 counts[status] = counts.get(status, 0) + float(line.split()[-1])
         return counts
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -353,7 +322,9 @@ def main() -> int:
     parser.add_argument("--sweep-requests", type=int, default=60,
                         help="per connection at each concurrency of the sweep")  # fmt: skip
     parser.add_argument("--runs", type=int, default=100, help="bare-model timing runs")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve_throughput.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_throughput.json"
+    )
     parser.add_argument(
         "--load-only", action="store_true", help="only the load run: no bare model, no sweep"
     )

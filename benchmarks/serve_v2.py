@@ -18,7 +18,8 @@ Usage::
     python benchmarks/serve_v2.py [--model M.onnx] [--imgsz 416] [--repeats 5] [--seconds 10]
 
 Without ``--model`` a randomly initialised yolox_nano is exported at ``--imgsz``. Writes a table
-to stdout and ``benchmarks/serve_v2.json``. Traffic goes to 127.0.0.1 only.
+to stdout and ``benchmarks/results/serve_v2.json`` (``--out`` to name it). Traffic goes to
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -209,7 +210,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--conf", type=float, default=0.25, help="score threshold, both routes")
     parser.add_argument("--image", type=Path, help="a JPEG to send (default: a 640x480 made here)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve_v2.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_v2.json"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)

@@ -7,8 +7,8 @@ a row to ``benchmarks/train_quality.md``.
 
     .venv/bin/python benchmarks/train_quality.py --model yolox_nano epochs=40 batch=8 imgsz=416
 
-The anchors (official YOLOX nano recipe, Ultralytics yolo11n) were measured by the issue's
-author on the same 2-core machine class; see the table's notes.
+The anchors (official YOLOX nano recipe, Ultralytics yolo11n) are the reference runs the
+project's goals were set from, measured on the same 2-core machine class; see the table's notes.
 """
 
 from __future__ import annotations

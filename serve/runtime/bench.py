@@ -1,12 +1,15 @@
 """Latency and throughput of a model file on any backend, with the three stages timed apart.
 
 One measurement runs the serving path of :class:`serve.runtime.predictor.Predictor` on a batch of
-``B``
-images: pre-processing (``Predictor.prepare``: letterbox, normalise, stack), inference
+``B`` images: pre-processing (``Predictor.prepare``: letterbox, normalise, stack), inference
 (``Predictor.run``: the backend, including host/device copies) and post-processing
 (``Predictor.postprocess`` and ``boxes_to_original``). Each stage is timed with
 ``time.perf_counter``; warm-up runs are not counted. Throughput is images over the summed
 whole-pipeline time of the measured runs (one batch at a time, no overlap between stages).
+
+The run order of every timing here is :func:`schedule` (warm-up, then repeats that rotate which
+side runs first), also behind :func:`time_calls`, the loop the latency benchmarks in
+``benchmarks/`` time their own calls with.
 
 No torch here: ``detector bench`` on ``.onnx``/``.engine`` runs in a slim serving install; the
 torch backend imports torch itself when a checkpoint is benchmarked.
@@ -15,14 +18,15 @@ torch backend imports torch itself when a checkpoint is benchmarked.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 
+from detector.core.defaults import PREDICT_CONF, PREDICT_IOU
 from detector.core.preprocess import boxes_to_original
 from serve.runtime.predictor import Predictor
 
@@ -31,6 +35,7 @@ PERCENTILES = (50, 90, 99)
 SYNTHETIC_SIZE = (480, 640)  # (height, width): a VGA camera frame
 Progress = Callable[[str], None]
 Cell = tuple[int, int]  # (target index, batch size)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,8 @@ def row(target: Target, predictor: Predictor, batch: int, times: dict[str, list[
 
 
 def schedule(
-    cells: Sequence[Cell], repeats: int, warmup: int, interleave: bool = True
-) -> Iterator[tuple[Cell, bool]]:
+    cells: Sequence[T], repeats: int, warmup: int, interleave: bool = True
+) -> Iterator[tuple[T, bool]]:
     """The order of the runs: ``(cell, counted)`` pairs, ``counted`` False for warm-up runs.
 
     Interleaved: every cell's warm-up first, then each repeat runs every cell once, in an order
@@ -150,6 +155,30 @@ def schedule(
             yield cell, True
 
 
+def time_calls(
+    calls: Mapping[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 3,
+    interleave: bool = True,
+) -> dict[str, list[float]]:
+    """Milliseconds of each call, one per counted run, in :func:`schedule`'s order: ``warmup``
+    untimed runs of each call first, then ``repeats`` rounds that run every call once, starting
+    one later in the order each round, so slow changes of the machine's load hit every side alike
+    and no side always runs first. A ratio of two sides is best taken per round (same moment,
+    same load), then its median."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    clock = time.perf_counter
+    for name, counted in schedule(list(calls), repeats, warmup, interleave):
+        start = clock()
+        calls[name]()
+        elapsed = (clock() - start) * 1000.0
+        if counted:
+            times[name].append(elapsed)
+    return times
+
+
 def run_benchmark(
     targets: Sequence[Target],
     batches: Sequence[int],
@@ -157,8 +186,8 @@ def run_benchmark(
     images_label: str,
     repeats: int,
     warmup: int,
-    conf: float = 0.25,
-    iou: float = 0.45,
+    conf: float = PREDICT_CONF,
+    iou: float = PREDICT_IOU,
     progress: Progress | None = None,
     interleave: bool = True,
 ) -> list[dict[str, Any]]:

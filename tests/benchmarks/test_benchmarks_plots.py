@@ -18,6 +18,7 @@ pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
 SUMMARY = ROOT / "BENCHMARKS.md"
 
 
@@ -128,9 +129,15 @@ def test_sources_missing_means_no_plots(tmp_path: Path) -> None:
     assert plots.make_plots(tmp_path / "empty", tmp_path / "out") == []
 
 
+def test_result_files_live_in_results() -> None:
+    """Result files sit in benchmarks/results/, not beside the scripts that write them."""
+    assert list(RESULTS.glob("*.json")), "no result file in benchmarks/results"
+    assert not list(BENCH.glob("*.json")), "a result file beside the scripts"
+
+
 def test_serve_sweeps_read_every_sweep_json() -> None:
     found = dict(plots.serve_sweeps(BENCH))
-    data = {p: json.loads(p.read_text()) for p in BENCH.glob("serve_throughput*.json")}
+    data = {p: json.loads(p.read_text()) for p in RESULTS.glob("serve_throughput*.json")}
     files = [p for p, d in data.items() if isinstance(d, dict) and d.get("sweep")]
     assert set(found) == set(files) and found
     for run in found.values():  # what plot_serve draws: a line per mode over connections
