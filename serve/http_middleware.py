@@ -1,7 +1,8 @@
 """Pure ASGI middleware: the body-size limit, and request ids with JSON access logs and metrics.
 
 Pure ASGI (not Starlette's ``BaseHTTPMiddleware``) so the body is counted as it streams in and a
-too-large upload is refused before it is in memory.
+too-large upload is refused before it is in memory. Their error answers take the format of the
+request's path (:func:`serve.errors.error_body`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from serve.errors import error_body
 from serve.http_metrics import Metrics
 from serve.runtime.batching import Reservation, holding
 
@@ -26,15 +28,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 access_logger = logging.getLogger("serve.access")
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def error_body(code: str, message: str, request_id: str | None = None, path: str = "") -> bytes:
-    """The JSON every error answers with: ``{"error": code, "message": ..., "request_id"}``;
-    under ``/v2`` the KServe v2 form ``{"error": message, "code": ..., "request_id"}``, which
-    is what v2 clients such as ``tritonclient`` show."""
-    if path.startswith("/v2/") or path == "/v2":
-        return json.dumps({"error": message, "code": code, "request_id": request_id}).encode()
-    return json.dumps({"error": code, "message": message, "request_id": request_id}).encode()
 
 
 async def send_json(
@@ -54,8 +47,9 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyTooLarge(Exception):
-    """Raised from ``receive`` once the body passes the limit."""
+class _BodyOverflow(Exception):
+    """Raised from ``receive`` once the body passes the limit (control flow inside
+    :class:`BodyLimitMiddleware`, which answers 413 itself; never reaches a handler)."""
 
 
 class BodyLimitMiddleware:
@@ -95,7 +89,7 @@ class BodyLimitMiddleware:
                 received += len(incoming.get("body", b""))
                 if received > self.max_bytes:
                     overflow = True
-                    raise BodyTooLarge(message)
+                    raise _BodyOverflow(message)
             return incoming
 
         async def guarded_send(outgoing: Message) -> None:
@@ -108,7 +102,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, guarded_send)
-        except BodyTooLarge:
+        except _BodyOverflow:
             pass
         if overflow and not started:
             body = error_body("body_too_large", message, request_id, path)
@@ -118,10 +112,10 @@ class BodyLimitMiddleware:
 class AdmissionMiddleware:
     """Refuse inference requests with 503 + Retry-After while the batcher has no room, before
     their body is read: under overload a refusal costs next to nothing. ``admit()`` returns the
-    refusal message, or a :class:`~serve.runtime.batching.Reservation` (a place in the queue held
-    for
-    the request while its body is read and decoded, released when it is queued or ends), or
-    ``None`` (admit; e.g. before the model is loaded, when the route answers for itself).
+    refusal message, or a :class:`~serve.runtime.batching.Reservation` (a place in the queue
+    held for the request while its body is read and decoded, released when it is queued or
+    ends), or ``None`` (admit; e.g. before the model is loaded, when the route answers for
+    itself).
 
     The connection stays open (no ``Connection: close``): uvicorn discards the rest of the body
     after the answer, so clients that send the whole body before reading get the 503, not a

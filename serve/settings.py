@@ -64,8 +64,7 @@ class ServeSettings(BaseSettings):
         "inference thread with all of --threads (more than 1 for ONNX Runtime only: the "
         "TensorRT and torch backends run one batch at a time and refuse more); default 2 for "
         "ONNX Runtime on the CPU, where a second batch uses the cores one run leaves idle "
-        "(measured on 2 cores: more requests/s under 16 clients, a lone request unchanged; "
-        "benchmarks/serve_throughput.md), 1 otherwise"
+        "(see BENCHMARKS.md, 'Serving throughput against the raw backend'), 1 otherwise"
     )  # fmt: skip
     max_batch: int = Field(
         8, ge=1, le=1024, description="largest batch for a dynamic-batch model (a fixed-batch "
@@ -129,8 +128,8 @@ CONCURRENT_BACKENDS = ("onnxruntime",)
 
 
 def default_lanes(backend: str, providers: list[str] | None = None) -> int:
-    """Lanes when none are set: 2 for ONNX Runtime running on the CPU only (measured there:
-    benchmarks/serve_throughput.md, session 5), else 1 (GPUs and other backends unmeasured or
+    """Lanes when none are set: 2 for ONNX Runtime running on the CPU only (see BENCHMARKS.md,
+    'Serving throughput against the raw backend'), else 1 (GPUs and other backends unmeasured or
     not concurrent)."""
     return 2 if backend == "onnxruntime" and providers == ["CPUExecutionProvider"] else 1
 

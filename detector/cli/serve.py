@@ -88,8 +88,9 @@ def access_log_to_stdout() -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from serve.app import create_app, load_predictor
+    from serve.app import create_app
     from serve.runtime.predictor import backend_for
+    from serve.state import load_predictor
 
     settings = settings_from_args(args)
     if not Path(settings.model).is_file():

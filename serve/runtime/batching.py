@@ -6,15 +6,14 @@ event loop takes the first waiting image, waits up to ``max_delay`` for more (up
 inference never blocks the event loop. Up to ``lanes`` batches run at once, each on its own
 worker thread: with one lane batches never compete with each other for the cores; with two
 (the server's default for ONNX Runtime on the CPU), a new batch starts while another is still
-running, which keeps the cores busier where one run does not use them fully (measured in
-``benchmarks/serve_throughput.md``; only a backend whose runs may be called from several threads
-at once may have more than one lane). A lone request runs the same way with any number of
-lanes. While every lane is busy, new requests queue up and form the next batch as soon as a lane
-is free, so with ``max_delay = 0`` (the server's default) batching is work-conserving: no
-request ever waits for company while a lane is idle, and under load batches grow by themselves.
-Measured on 2 CPU cores (``benchmarks/serve_throughput.py``), a 2 ms delay added 3-4 ms to
-every request at concurrency 1; a delay pays only where a batch costs much less per image than
-single runs.
+running, which keeps the cores busier where one run does not use them fully (only a backend
+whose runs may be called from several threads at once may have more than one lane). A lone
+request runs the same way with any number of lanes. While every lane is busy, new requests queue
+up and form the next batch as soon as a lane is free, so with ``max_delay = 0`` (the server's
+default) batching is work-conserving: no request ever waits for company while a lane is idle,
+and under load batches grow by themselves. A delay adds itself to every request at low load; it
+pays only where a batch costs much less per image than single runs (see BENCHMARKS.md, 'Serving
+throughput against the raw backend').
 
 Honest under overload: at most ``queue_size`` requests wait; a request arriving at a full queue
 is refused at once (:class:`QueueFull`, the server's 503), and one whose deadline passes gets
@@ -25,8 +24,8 @@ A request that is still being read and decoded is waiting for inference too: the
 *reserves* its place (:meth:`DynamicBatcher.reserve`) when it arrives, before its body is read,
 and refuses it then if the queue plus the reservations are full. Without that, every request
 that arrived while the queue had room was read and decoded first and only refused on submit,
-behind the decoding of all the others (seconds under 64 clients). The reservation is held for
-the request's task (:func:`holding`) and becomes its place in the queue on submit.
+behind the decoding of all the others (see BENCHMARKS.md, 'Overload: 503s'). The reservation is
+held for the request's task (:func:`holding`) and becomes its place in the queue on submit.
 
 Each image may come with a *finisher* (the server's post-processing with the request's own
 thresholds): it runs on the lane thread as soon as the batch's network run is done, so a

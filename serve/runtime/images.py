@@ -14,9 +14,9 @@ The order matters against hostile uploads:
 A plain colour JPEG (three components, no EXIF rotation, ending in its end-of-image marker: what
 cameras and browsers send) is decoded by OpenCV straight to BGR: the same pixels as Pillow's
 decoder and the conversion (both are libjpeg-turbo; tested on baseline and progressive files, every
-chroma subsampling), for about 0.6x the CPU in the server (``benchmarks/serve_throughput.md``,
-session 6). Anything else, and any JPEG OpenCV cannot decode, goes through Pillow, which says what
-is wrong.
+chroma subsampling), for less CPU in the server (see BENCHMARKS.md, 'Serving throughput against
+the raw backend'). Anything else, and any JPEG OpenCV cannot decode, goes through Pillow, which
+says what is wrong.
 
 Every mode becomes 3-channel BGR uint8 (what the network takes): grayscale is repeated, alpha is
 dropped, palettes are expanded, 16-bit samples keep their high byte. The EXIF orientation is
@@ -32,11 +32,14 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from serve.runtime.errors import ServeError
+
 FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
 
 
-class ImageError(ValueError):
-    """An upload that is not an acceptable image; ``status`` is the HTTP status to answer."""
+class ImageError(ServeError, ValueError):
+    """An upload that is not an acceptable image (a :class:`ServeError`: ``status`` is the HTTP
+    status to answer)."""
 
     status = 400
     code = "bad_image"

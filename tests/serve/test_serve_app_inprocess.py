@@ -151,10 +151,10 @@ def test_decodes_at_once_never_exceed_decode_workers(serve_onnx, monkeypatch):
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    import serve.app
+    import serve.pipeline
 
     lock, running, most = threading.Lock(), [0], [0]
-    real_decode = serve.app.decode_image
+    real_decode = serve.pipeline.decode_image
 
     def slow_decode(*args, **kwargs):
         with lock:
@@ -167,7 +167,7 @@ def test_decodes_at_once_never_exceed_decode_workers(serve_onnx, monkeypatch):
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(serve.app, "decode_image", slow_decode)
+    monkeypatch.setattr(serve.pipeline, "decode_image", slow_decode)
     with app_for(serve_onnx, decode_workers=2) as client, ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda _: upload(client).status_code, range(6)))
     assert answers == [200] * 6

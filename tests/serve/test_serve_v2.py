@@ -1,7 +1,7 @@
 """The KServe v2 protocol (``/v2``) against a real ``detector serve`` (uvicorn) process on
 127.0.0.1 serving the ONNX model the session exported: the real ``tritonclient.http`` client
 (binary and JSON) gets the detections ``/v1/detect`` gives; raw JSON, base64 and raw binary
-requests; metadata and health; and the bad-input suite of the serving issue, answered 4xx JSON
+requests; metadata and health; and the bad-input suite of the v1 tests, answered 4xx JSON
 in the v2 error format while the server keeps serving."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from detector.core.defaults import MAX_DET
 from serve.app import create_app
 from serve.settings import ServeSettings
 
@@ -133,7 +134,7 @@ def test_metadata_and_health_through_tritonclient(address, client):
         ("classes", "INT32", [-1, -1]),
     ]
     assert json.loads(model["parameters"]["class_names"]) == ["a", "b", "c"]
-    assert model["parameters"]["max_det_default"] == 100
+    assert model["parameters"]["max_det_default"] == MAX_DET
 
     for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL}/ready",
                  f"/v2/models/{MODEL}/versions/1/ready"):  # fmt: skip
@@ -178,8 +179,8 @@ def test_json_base64_raw_and_hand_built_binary_requests(client):
     outputs = {o["name"]: o for o in body["outputs"]}
     assert list(outputs) == list(OUTPUTS)
     count = outputs["num_dets"]["data"][0]
-    assert outputs["boxes"]["shape"] == [1, 100, 4] and count == len(expected)
-    boxes = np.array(outputs["boxes"]["data"], np.float64).reshape(1, 100, 4)[0, :count]
+    assert outputs["boxes"]["shape"] == [1, MAX_DET, 4] and count == len(expected)
+    boxes = np.array(outputs["boxes"]["data"], np.float64).reshape(1, MAX_DET, 4)[0, :count]
     classes = outputs["classes"]["data"][:count]
     assert_same_as_v1(
         {"boxes": boxes, "scores": np.array(outputs["scores"]["data"][:count]),
@@ -206,7 +207,7 @@ def test_json_base64_raw_and_hand_built_binary_requests(client):
     expected_default = v1_detect(client, image)  # default thresholds on both routes
     assert_same_as_v1(
         {k: tensors[k][0, :count] for k in ("boxes", "scores", "classes")},
-        expected_default[:100],
+        expected_default[:MAX_DET],
     )
 
 

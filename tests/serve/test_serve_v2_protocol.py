@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serve.runtime.predictor import Detections
-from serve.v2_io import OUTPUT_NAMES, detections_to_tensors
-from serve.v2_protocol import (
+from serve.routes.v2.io import OUTPUT_NAMES, detections_to_tensors
+from serve.routes.v2.protocol import (
     BodyTooLarge,
     ProtocolError,
     encode_infer_response,
@@ -22,6 +21,7 @@ from serve.v2_protocol import (
     parse_infer_request,
     split_bytes_tensor,
 )
+from serve.runtime.predictor import Detections
 
 
 @given(st.lists(st.binary(max_size=64), max_size=8))

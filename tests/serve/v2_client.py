@@ -1,8 +1,8 @@
 """A KServe v2 client for our detector with the real ``tritonclient.http``, and nothing in it
 that knows which server answers: the same function runs against ``detector serve`` (``/v2``) and
 against NVIDIA Triton serving the repository that ``detector export triton`` writes, since both
-take the contract of :mod:`serve.v2_io` (input ``IMAGE`` BYTES ``[B, 1]`` of encoded image files;
-outputs ``num_dets``, ``boxes``, ``scores``, ``classes``).
+take the contract of :mod:`serve.routes.v2.io` (input ``IMAGE`` BYTES ``[B, 1]`` of encoded image
+files; outputs ``num_dets``, ``boxes``, ``scores``, ``classes``).
 
 Against Triton (model repository from ``detector export triton --model M.onnx --out REPO``)::
 

@@ -16,10 +16,10 @@ data extension*, which ``tritonclient.http`` uses by default):
   input's one element (an image file, batch 1), and every output comes back binary.
 
 The model's input is ``IMAGE`` (``BYTES`` ``[B, 1]`` or ``[B]``), its outputs those of
-:mod:`serve.v2_io`. Request ``parameters`` ``conf``, ``iou``, ``max_det`` and ``classes`` (names
-or ids, comma-separated) choose the thresholds; ``binary_data_output`` and an output's own
-``binary_data`` choose binary outputs (JSON by default). An error is :class:`ProtocolError`
-(HTTP 400) with a message naming the field at fault.
+:mod:`serve.routes.v2.io`. Request ``parameters`` ``conf``, ``iou``, ``max_det`` and
+``classes`` (names or ids, comma-separated) choose the thresholds; ``binary_data_output`` and
+an output's own ``binary_data`` choose binary outputs (JSON by default). An error is
+:class:`ProtocolError` (HTTP 400) with a message naming the field at fault.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from serve.v2_io import IMAGE_INPUT, OUTPUT_NAMES, OUTPUT_SPECS
+from serve.routes.v2.io import IMAGE_INPUT, OUTPUT_NAMES, OUTPUT_SPECS
+from serve.runtime.errors import ServeError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE = "binary_data_size"
@@ -42,19 +43,24 @@ REQUEST_OPTIONS = ("conf", "iou", "max_det", "classes")
 _LENGTH = struct.Struct("<I")
 
 
-class ProtocolError(ValueError):
-    """A request that breaks the v2 protocol or our model's contract (HTTP ``status``)."""
+class ProtocolError(ServeError, ValueError):
+    """A request that breaks the v2 protocol or our model's contract (a :class:`ServeError`:
+    HTTP ``status``)."""
 
     status = 400
     code = "invalid_request"
 
 
 class BodyTooLarge(ProtocolError):
+    """The body, once decompressed, is larger than the limit."""
+
     status = 413
     code = "body_too_large"
 
 
 class UnsupportedEncoding(ProtocolError):
+    """A ``Content-Encoding`` other than gzip, deflate or none."""
+
     status = 415
     code = "unsupported_media_type"
 
@@ -331,7 +337,7 @@ def encode_infer_response(
     tensors: dict[str, np.ndarray],
     outputs: list[tuple[str, bool]],
 ) -> tuple[bytes, dict[str, str], str]:
-    """Output tensors (:func:`serve.v2_io.detections_to_tensors`) -> (body, extra headers,
+    """Output tensors (:func:`serve.routes.v2.io.detections_to_tensors`) -> (body, extra headers,
     media type). Binary outputs follow the JSON in the order listed, little-endian; with any of
     them the ``Inference-Header-Content-Length`` header gives the JSON's length."""
     entries, chunks = [], []

@@ -5,7 +5,8 @@ One contract, so a ``tritonclient`` program works unchanged against either:
 
 - input :data:`IMAGE_INPUT` (``BYTES``, shape ``[B, 1]``): each element one encoded image file
   (JPEG, PNG, BMP, WebP, ...), exactly the bytes a client would upload to ``/v1/detect``;
-- outputs (K = the ``max_det`` of the request, default :data:`DEFAULT_MAX_DET`, zero-padded):
+- outputs (K = the ``max_det`` of the request, by default
+  :data:`detector.core.defaults.MAX_DET`, zero-padded):
 
   - ``num_dets`` ``INT32 [B, 1]``: how many rows of the next three are real;
   - ``boxes`` ``FP32 [B, K, 4]``: ``x1, y1, x2, y2`` in the ORIGINAL image's pixels;
@@ -13,7 +14,10 @@ One contract, so a ``tritonclient`` program works unchanged against either:
   - ``classes`` ``INT32 [B, K]``: class ids (names: ``GET /v2/models/{name}`` or ``/v1/models``).
 
 Thresholds travel as request parameters ``conf``, ``iou``, ``max_det`` where the server reads
-them; otherwise the defaults below apply (the same as ``/v1/detect``'s).
+them; otherwise the defaults of :mod:`detector.core.defaults` apply (the same as
+``/v1/detect``'s).
+
+Plain NumPy, no web framework: the Triton model of ``detector export triton`` imports it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+
+from detector.core.defaults import MAX_DET
 
 IMAGE_INPUT = "IMAGE"
 OUTPUT_NAMES = ("num_dets", "boxes", "scores", "classes")
@@ -32,9 +38,6 @@ OUTPUT_SPECS: dict[str, tuple[str, type, tuple[str | int, ...]]] = {
     "scores": ("FP32", np.float32, ("K",)),
     "classes": ("INT32", np.int32, ("K",)),
 }
-DEFAULT_CONF = 0.25
-DEFAULT_IOU = 0.45
-DEFAULT_MAX_DET = 100
 
 
 class _DetectionsLike(Protocol):
@@ -44,11 +47,10 @@ class _DetectionsLike(Protocol):
 
 
 def detections_to_tensors(
-    detections: Sequence[_DetectionsLike], max_det: int = DEFAULT_MAX_DET
+    detections: Sequence[_DetectionsLike], max_det: int = MAX_DET
 ) -> dict[str, np.ndarray]:
     """Per-image detections (``serve.runtime.predictor.Detections``, boxes in original pixels) ->
-    the
-    padded output tensors above, batch ``B = len(detections)``, ``K = max_det``."""
+    the padded output tensors above, batch ``B = len(detections)``, ``K = max_det``."""
     batch = len(detections)
     num_dets = np.zeros((batch, 1), np.int32)
     boxes = np.zeros((batch, max_det, 4), np.float32)

@@ -1,6 +1,6 @@
 """The JSON shapes of the KServe v2 routes (``/v2``), as pydantic models for the OpenAPI schema.
 The inference request and response bodies are not modelled here: they may carry binary tensor
-data after the JSON (see :mod:`serve.v2_protocol`)."""
+data after the JSON (see :mod:`serve.routes.v2.protocol`)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class V2ModelMetadata(BaseModel):
                         "backend": "onnxruntime",
                         "precision": "fp32",
                         "max_batch": 8,
-                        "max_det_default": 100,
+                        "max_det_default": 300,
                         "max_det_limit": 1000,
                     },
                 }

@@ -1,0 +1,335 @@
+"""The ``/v2`` routes, so a ``tritonclient`` program written against Triton serving the
+repository of ``detector export triton`` works unchanged against this server, and back:
+
+- ``GET /v2``: server metadata (extension ``binary_tensor_data``);
+- ``GET /v2/health/live``, ``GET /v2/health/ready``: 200 with an empty body; not ready (model
+  not loaded and warmed up, or shutting down) is 503 with ``Retry-After``, like ``/readyz``
+  (the spec asks only for a non-200 answer; Triton answers 400);
+- ``GET /v2/models/{name}[/versions/1]``: model metadata: input ``IMAGE`` ``BYTES [-1, 1]``,
+  outputs ``num_dets``/``boxes``/``scores``/``classes`` (:mod:`serve.routes.v2.io`), class names
+  in ``parameters.class_names``;
+- ``GET /v2/models/{name}[/versions/1]/ready``;
+- ``POST /v2/models/{name}[/versions/1]/infer``: JSON, or JSON + binary tensor data
+  (:mod:`serve.routes.v2.protocol`); request ``parameters`` ``conf``, ``iou``, ``max_det``,
+  ``classes``.
+
+``name`` is the setting ``name`` (``detector serve --name``, ``DETECTOR_NAME``), by default
+``detector``, the default ``--name`` of ``detector export triton`` too; the one version is ``1``,
+as in that repository. Any other name or version is 404.
+
+Inference takes the path of ``/v1/detect/batch``: the same body limit (413 while reading),
+API keys, image sniffing and decoding (415/400/413), decode slots, dynamic batcher (503 when the
+queue is full, 504 past the deadline), post-processing and metrics (requests by route template
+and status). Every error answers the protocol's ``{"error": message}``, with our ``code`` and
+``request_id`` beside it (:class:`serve.errors.V2ErrorRoute`).
+
+The route functions carry no docstrings: FastAPI would publish them in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import metadata as package_metadata
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from serve.deps import (
+    ParamStyle,
+    default_max_det,
+    detect_params,
+    ready_state,
+    require_api_key,
+    server_state,
+)
+from serve.errors import (
+    InvalidParameter,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    TooManyImages,
+    V2ErrorRoute,
+)
+from serve.pipeline import run_images
+from serve.routes.v2.io import IMAGE_INPUT, OUTPUT_NAMES, OUTPUT_SPECS, detections_to_tensors
+from serve.routes.v2.protocol import (
+    HEADER_LENGTH,
+    InferRequest,
+    encode_infer_response,
+    inflate,
+    parse_infer_request,
+)
+from serve.routes.v2.schemas import V2Error, V2ModelMetadata, V2ServerMetadata, V2Tensor
+from serve.runtime.predictor import Detections
+from serve.state import ServerState
+
+MODEL_VERSION = "1"
+EXTENSIONS = ["binary_tensor_data"]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2Error, "description": text}
+    for status, text in {
+        400: "malformed request (JSON, input name/datatype/shape, binary sizes, parameters); "
+        "corrupt, truncated or empty image",
+        401: "missing or wrong API key (only when keys are configured)",
+        404: "unknown model name or version",
+        413: "body, image pixel count or image count above the limits",
+        415: "not a JPEG, PNG, BMP or WebP image (judged from its bytes)",
+        503: "queue full or model not loaded; see Retry-After",
+        504: "the request deadline passed",
+    }.items()
+}
+
+_INFER_BODY = {
+    "description": "a v2 inference request: JSON (BYTES elements as strings, or base64 with "
+    "inputs[0].parameters.content_type='base64'), or JSON followed by binary tensor data with "
+    f"the {HEADER_LENGTH} header (what tritonclient sends)",
+    "content": {
+        "application/json": {
+            "example": {
+                "id": "42",
+                "parameters": {"conf": 0.3, "max_det": 50},
+                "inputs": [
+                    {
+                        "name": IMAGE_INPUT,
+                        "shape": [1, 1],
+                        "datatype": "BYTES",
+                        "parameters": {"content_type": "base64"},
+                        "data": ["/9j/4AAQSkZJRgABAQ..."],
+                    }
+                ],
+                "outputs": [{"name": name} for name in OUTPUT_NAMES],
+            }
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/octet-stream": {}},
+        "description": "JSON, or JSON + binary outputs",
+    }
+}
+
+# paths under /v2/models that name another model (or the model with a method it does not take)
+_OTHER_MODEL_PATHS = (
+    "/models/{other}",
+    "/models/{other}/ready",
+    "/models/{other}/infer",
+    "/models/{other}/versions/{version}",
+    "/models/{other}/versions/{version}/ready",
+    "/models/{other}/versions/{version}/infer",
+)
+
+
+def infer_paths(name: str) -> tuple[str, ...]:
+    """The inference routes of the model called ``name`` (for admission control)."""
+    return (f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{MODEL_VERSION}/infer")
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def _number(name: str, value: Any, whole: bool) -> float:
+    """A request parameter given as a number or a numeric string: Triton and tritonclient took
+    only bool, int64 and string parameters until double ones were added in early 2024, so
+    clients written for them send ``"0.3"``."""
+    kind = "whole number" if whole else "number"
+    message = f"parameters.{name}: {value!r} is not a {kind}"
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(type(value).__name__)
+        number = float(value)
+    except ValueError as exc:
+        raise InvalidParameter(message, status=400) from exc
+    if not math.isfinite(number) or (whole and not number.is_integer()):
+        raise InvalidParameter(message, status=400)
+    return number
+
+
+def _classes(value: Any) -> list[str] | None:
+    """``classes``: one string of names or ids, comma-separated."""
+    if value is not None and not isinstance(value, str):
+        raise InvalidParameter(
+            "parameters.classes: a string of class names or ids, comma-separated", status=400
+        )
+    return [value] if value else None
+
+
+V2_PARAMS = ParamStyle(
+    prefix="parameters.",
+    status=400,
+    above_limit="is not from 1 to the limit",
+    number=_number,
+    classes=_classes,
+)
+"""The inference request's ``parameters`` (:func:`serve.deps.detect_params`), read as Triton
+clients send them; a bad one is 400, as the protocol answers."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+class _Element:
+    """One ``IMAGE`` element as an upload (:class:`serve.pipeline.Upload`)."""
+
+    def __init__(self, data: bytes, filename: str) -> None:
+        self.data, self.filename = data, filename
+
+    async def read(self) -> bytes:
+        return self.data
+
+
+def _tensor_shape(spec: tuple[str | int, ...]) -> list[int]:
+    """An output's shape for the metadata: batch and K (the request's max_det) are -1."""
+    return [-1, *(-1 if d == "K" else int(d) for d in spec)]
+
+
+def _check_version(request: Request) -> None:
+    """The one version, ``1``, when the path names one."""
+    version = request.path_params.get("version", MODEL_VERSION)
+    if version != MODEL_VERSION:
+        raise NotFound(f"unknown model version {version!r}; the one version is {MODEL_VERSION}")
+
+
+def _readiness(state: ServerState) -> Response:
+    """200 with an empty body when serving, else 503 ``not_ready`` with ``Retry-After``."""
+    if not state.serving:
+        raise NotReady("the model is not loaded yet")
+    return Response(status_code=200)
+
+
+async def _read_infer_request(request: Request, state: ServerState) -> InferRequest:
+    """The body, decompressed (at most ``max_body_bytes``) and parsed."""
+    settings = state.settings
+    body = inflate(
+        await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
+    )
+    return parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+
+
+def _check_image_count(parsed: InferRequest, state: ServerState) -> None:
+    """At most ``max_images`` images in one request (else 413)."""
+    limit = state.settings.max_images
+    if len(parsed.images) > limit:
+        raise TooManyImages(
+            f"{len(parsed.images)} images is more than the limit of {limit} per request"
+        )
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+async def server_metadata() -> V2ServerMetadata:
+    try:
+        version = package_metadata.version("detector")
+    except package_metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        version = "0"
+    return V2ServerMetadata(name="detector", version=version, extensions=EXTENSIONS)
+
+
+async def live() -> Response:
+    return Response(status_code=200)
+
+
+async def ready(state: Annotated[ServerState, Depends(server_state)]) -> Response:
+    return _readiness(state)
+
+
+async def model_ready(
+    request: Request, state: Annotated[ServerState, Depends(server_state)]
+) -> Response:
+    _check_version(request)
+    return _readiness(state)
+
+
+async def model_metadata(
+    request: Request, state: Annotated[ServerState, Depends(ready_state)]
+) -> V2ModelMetadata:
+    _check_version(request)
+    assert state.predictor is not None and state.batcher is not None
+    meta = state.predictor.metadata
+    outputs = [
+        V2Tensor(name=n, datatype=OUTPUT_SPECS[n][0], shape=_tensor_shape(OUTPUT_SPECS[n][2]))
+        for n in OUTPUT_NAMES
+    ]
+    return V2ModelMetadata(
+        name=state.settings.name,
+        versions=[MODEL_VERSION],
+        platform=f"detector_{state.predictor.backend.name}",
+        inputs=[V2Tensor(name=IMAGE_INPUT, datatype="BYTES", shape=[-1, 1])],
+        outputs=outputs,
+        parameters={
+            "class_names": json.dumps(list(meta.class_names)),
+            "architecture": meta.model_name,
+            "backend": state.predictor.backend.name,
+            "precision": meta.precision,
+            "max_batch": state.batcher.max_batch,
+            "max_det_default": default_max_det(state.settings),
+            "max_det_limit": state.settings.max_det_limit,
+        },
+    )
+
+
+async def infer(request: Request, state: Annotated[ServerState, Depends(ready_state)]) -> Response:
+    _check_version(request)
+    parsed = await _read_infer_request(request, state)
+    params = detect_params(state, V2_PARAMS, parsed.options)
+    _check_image_count(parsed, state)
+    elements = [_Element(data, f"{IMAGE_INPUT}[{i}]") for i, data in enumerate(parsed.images)]
+    finished = await run_images(state, elements, params)
+    detections = [Detections(*result.finished[1:4]) for _, result in finished]
+    tensors = detections_to_tensors(detections, params.max_det)
+    content, headers, media_type = encode_infer_response(
+        state.settings.name, MODEL_VERSION, parsed.request_id, tensors, parsed.outputs
+    )
+    return Response(content, media_type=media_type, headers=headers)
+
+
+async def unknown_model(
+    request: Request, state: Annotated[ServerState, Depends(server_state)]
+) -> Response:
+    name = state.settings.name
+    asked = request.path_params.get("other", "")
+    if asked == name:  # the model's own path with a method it does not take
+        raise MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}",
+            headers={"Allow": "POST" if request.url.path.endswith("/infer") else "GET"},
+        )
+    raise NotFound(f"unknown model {asked!r}; this server serves {name!r} (GET /v2/models/{name})")
+
+
+# ---------------------------------------------------------------------------- the router
+
+
+def _add_model_routes(router: APIRouter, prefix: str) -> None:
+    """Readiness, metadata and inference of the model at ``prefix``."""
+    keyed = [Depends(require_api_key)]
+    router.add_api_route(
+        f"{prefix}/ready", model_ready, methods=["GET"], summary="v2 model readiness"
+    )
+    router.add_api_route(prefix, model_metadata, methods=["GET"], dependencies=keyed,
+                         response_model=V2ModelMetadata, summary="v2 model metadata")  # fmt: skip
+    router.add_api_route(
+        f"{prefix}/infer", infer, methods=["POST"], dependencies=keyed,
+        summary="v2 inference: encoded images in, detections out",
+        responses=_INFER_RESPONSES, openapi_extra={"requestBody": _INFER_BODY},
+    )  # fmt: skip
+
+
+def v2_router(name: str) -> APIRouter:
+    """The ``/v2`` routes for the model called ``name``; requests for other names get 404."""
+    router = APIRouter(prefix="/v2", route_class=V2ErrorRoute, responses=ERRORS, tags=["v2"])
+    router.add_api_route("", server_metadata, methods=["GET"], response_model=V2ServerMetadata,
+                         summary="v2 server metadata")  # fmt: skip
+    router.add_api_route("/health/live", live, methods=["GET"],
+                         summary="v2 liveness: 200, empty body")  # fmt: skip
+    router.add_api_route("/health/ready", ready, methods=["GET"],
+                         summary="v2 readiness: 200 once loaded and warmed up")  # fmt: skip
+    for prefix in (f"/models/{name}", f"/models/{name}/versions/{{version}}"):
+        _add_model_routes(router, prefix)
+    for path in _OTHER_MODEL_PATHS:
+        router.add_api_route(path, unknown_model, methods=["GET", "POST"], include_in_schema=False)
+    return router
