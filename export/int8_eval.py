@@ -1,11 +1,11 @@
 """COCO mAP of an exported model file on a dataset's val split, through the serving runtime.
 
 Every image is read from the dataset, predicted by :class:`serve.runtime.predictor.Predictor` (the
-same
-pre-processing, backend and post-processing that serving runs) at the evaluation thresholds
-(``conf 0.01``, ``IoU 0.65``, as ``detector eval`` uses), and scored by the project's pycocotools
-evaluation (:func:`detector.training.validate.evaluate_predictions`), so the figure is comparable
-with ``detector eval`` on the PyTorch weights.
+same pre-processing, backend and post-processing that serving runs) at the evaluation thresholds
+(``EVAL_CONF`` and ``EVAL_IOU`` of :mod:`detector.core.defaults`, as ``detector eval`` uses), and
+scored by the project's pycocotools evaluation
+(:func:`detector.training.validate.evaluate_predictions`), so the figure is comparable with
+``detector eval`` on the PyTorch weights.
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.core.defaults import EVAL_CONF, EVAL_IOU, MAX_DET
 from detector.data import build_dataset, load_data_config
 from detector.eval import CocoResult
 from detector.training.validate import Predictions, evaluate_predictions
-
-EVAL_CONF = 0.01
-EVAL_IOU = 0.65
-EVAL_MAX_DET = 300
 
 
 def evaluate_onnx(
@@ -30,7 +27,7 @@ def evaluate_onnx(
     split: str = "val",
     conf: float = EVAL_CONF,
     iou: float = EVAL_IOU,
-    max_det: int = EVAL_MAX_DET,
+    max_det: int = MAX_DET,
     progress: Callable[[int, int], None] | None = None,
 ) -> CocoResult:
     """Score ``model_path`` (any file the serving runtime loads) on ``split`` of ``data``."""

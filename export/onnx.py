@@ -22,22 +22,15 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
 from torch import Tensor, nn
 
 from detector.core.atomic import write_atomic
-from detector.core.preprocess import PreprocessSpec, as_size
-from detector.models import (
-    YOLOX,
-    checkpoint_input_size,
-    fuse_model,
-    model_from_checkpoint,
-)
+from detector.core.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
+from detector.models import YOLOX, CheckpointSpec, fuse_model, load_inference_model
 from detector.models.decode import decode_outputs
-from detector.ops import MAX_DET, PREDICT_CONF
 from serve.runtime.metadata import (
     INPUT_NAME,
     NMS_OUTPUTS,
@@ -48,7 +41,6 @@ from serve.runtime.metadata import (
 )
 
 DEFAULT_OPSET = 17
-SERVE_IOU = 0.45  # the NMS IoU of predict / serve
 
 
 class ExportError(ValueError):
@@ -59,18 +51,17 @@ class ExportError(ValueError):
 class OnnxExportOptions:
     """How to export.
 
-    ``imgsz`` is ``None`` (the checkpoint's input size), an int or ``(height, width)``; both
-    must be multiples of the largest stride (32). ``batch`` is the fixed batch size, ignored
-    with ``dynamic``. The NMS settings apply with ``nms`` only.
+    ``batch`` is the fixed batch size, ignored with ``dynamic``. The NMS settings apply with
+    ``nms`` only; their defaults are those of ``detector predict`` and the server
+    (:mod:`detector.core.defaults`). The input size is the model's (:func:`load_model`).
     """
 
-    imgsz: int | tuple[int, int] | None = None
     batch: int = 1
     dynamic: bool = False
     nms: bool = False
     half: bool = False
     score_threshold: float = PREDICT_CONF
-    iou_threshold: float = SERVE_IOU
+    iou_threshold: float = PREDICT_IOU
     max_detections: int = MAX_DET
     opset: int = DEFAULT_OPSET
     simplify: bool = True
@@ -115,39 +106,25 @@ class _Graph(nn.Module):
         return output
 
 
-def load_model(weights: str | Path, model_name: str | None = None) -> tuple[YOLOX, dict[str, Any]]:
-    """The checkpoint's model in evaluation mode with batch norm folded in, and its ``meta``.
+def load_model(
+    weights: str | Path, model_name: str | None = None, imgsz: int | tuple[int, int] | None = None
+) -> tuple[YOLOX, CheckpointSpec]:
+    """The checkpoint's model in evaluation mode with batch norm folded in, and its spec (class
+    names, and the input size to export at: ``imgsz``, else the checkpoint's).
 
     Raises:
-        CheckpointError (a ValueError naming the file): missing, unreadable, or an official
-            ``.pth`` given without ``model_name``.
+        CheckpointError (a ValueError naming the file): missing, unreadable, an official
+            ``.pth`` given without ``model_name``, or an input size that is not multiples of 32.
     """
-    model, meta = model_from_checkpoint(weights, name=model_name)
-    return fuse_model(model.eval()), meta
-
-
-def input_size(model: YOLOX, meta: dict[str, Any], imgsz: Any) -> tuple[int, int]:
-    """``(height, width)`` to export at: ``imgsz``, else the checkpoint's; multiples of 32."""
-    height, width = as_size(imgsz) if imgsz else as_size(checkpoint_input_size(model, meta))
-    stride = max(model.strides)
-    if height % stride or width % stride or height <= 0 or width <= 0:
-        raise ExportError(
-            f"input size must be positive multiples of {stride}, got {height}x{width}"
-        )
-    return height, width
+    model, spec = load_inference_model(weights, model_name, imgsz)
+    return fuse_model(model.eval()), spec
 
 
 def build_metadata(
-    model: YOLOX, meta: dict[str, Any], size: tuple[int, int], options: OnnxExportOptions,
+    model: YOLOX, spec: CheckpointSpec, options: OnnxExportOptions,
     max_detections: int | None = None,
 ) -> ModelMetadata:  # fmt: skip
-    """The :class:`ModelMetadata` of an export (class names from the checkpoint's meta, else
-    ``"0" .. "C-1"`` for official files)."""
-    names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-    if len(names) != model.num_classes:
-        raise ExportError(
-            f"checkpoint meta lists {len(names)} class names for a {model.num_classes}-class model"
-        )
+    """The :class:`ModelMetadata` of an export of ``model`` at ``spec``'s input size."""
     nms = None
     if options.nms:
         nms = NmsSettings(
@@ -156,15 +133,15 @@ def build_metadata(
             max_detections=int(max_detections or options.max_detections),
         )
     return ModelMetadata(
-        model_name=model.name,
-        class_names=tuple(str(n) for n in names),
-        input_size=size,
+        model_name=spec.model_name,
+        class_names=spec.class_names,
+        input_size=spec.input_size,
         strides=tuple(int(s) for s in model.strides),
         precision="fp16" if options.half else "fp32",
         layout="nms" if options.nms else "raw",
         batch=None if options.dynamic else int(options.batch),
         nms=nms,
-        preprocess=PreprocessSpec(*size),
+        preprocess=spec.preprocess,
         extra={"opset": options.opset},
     )
 
@@ -224,12 +201,12 @@ def save_atomic(proto: onnx.ModelProto, out: str | Path) -> Path:
 
 
 def export_model(
-    model: YOLOX, meta: dict[str, Any], out: str | Path, options: OnnxExportOptions
+    model: YOLOX, spec: CheckpointSpec, out: str | Path, options: OnnxExportOptions
 ) -> Path:
-    """Export an already loaded (fused, evaluation-mode) model; see :func:`export_onnx`."""
-    size = input_size(model, meta, options.imgsz)
-    proto, k = to_onnx_model(model, size, options)
-    write_onnx_metadata(proto, build_metadata(model, meta, size, options, k))
+    """Export an already loaded (fused, evaluation-mode) model at ``spec``'s input size; see
+    :func:`export_onnx`."""
+    proto, k = to_onnx_model(model, spec.input_size, options)
+    write_onnx_metadata(proto, build_metadata(model, spec, options, k))
     return save_atomic(proto, out)
 
 
@@ -243,7 +220,7 @@ def export_onnx(
     nms: bool = False,
     half: bool = False,
     score_threshold: float = PREDICT_CONF,
-    iou_threshold: float = SERVE_IOU,
+    iou_threshold: float = PREDICT_IOU,
     max_detections: int = MAX_DET,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
@@ -259,7 +236,6 @@ def export_onnx(
         half: FP16 weights and compute, float32 input and outputs.
     """
     options = OnnxExportOptions(
-        imgsz=imgsz,
         batch=batch,
         dynamic=dynamic,
         nms=nms,
@@ -270,5 +246,5 @@ def export_onnx(
         opset=opset,
     )
     options.validate()
-    model, meta = load_model(weights, model_name)
-    return export_model(model, meta, out, options)
+    model, spec = load_model(weights, model_name, imgsz)
+    return export_model(model, spec, out, options)

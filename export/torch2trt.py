@@ -93,7 +93,7 @@ def export_torch2trt(
 ) -> Path:
     """Convert the checkpoint's eval model with torch2trt; write ``out`` (raw plan) + sidecar.
 
-    The engine has a fixed batch of 1, input ``images`` ``[1, 3, S, S]`` float32 and output
+    The engine has a fixed batch of 1, input ``images`` ``[1, 3, H, W]`` float32 and output
     ``output`` ``[1, N, 5 + C]`` (decoded, the eval model's layout).
 
     Raises:
@@ -101,7 +101,7 @@ def export_torch2trt(
     """
     import torch
 
-    from detector.models.checkpoint import checkpoint_input_size, model_from_checkpoint
+    from detector.models.checkpoint import load_inference_model
 
     require_torch2trt()
     trt_version = require_tensorrt()
@@ -112,10 +112,10 @@ def export_torch2trt(
         )
     convert = import_torch2trt(trt_version)
     gpu = gpu_info(0)
-    model, meta = model_from_checkpoint(weights, model_name)
-    size = imgsz or checkpoint_input_size(model, meta)
+    model, spec = load_inference_model(weights, model_name, imgsz)
+    shape = (1, 3, *spec.input_size)
     model = model.cuda().eval()
-    example = torch.zeros((1, 3, size, size), device="cuda")
+    example = torch.zeros(shape, device="cuda")
     try:
         with torch.no_grad():
             model_trt = convert(
@@ -132,12 +132,11 @@ def export_torch2trt(
         raise Torch2TrtError(f"torch2trt built no engine from {weights} (see TensorRT's log)")
     out = Path(out)
     write_atomic(out, bytes(model_trt.engine.serialize()))
-    names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-    profile = Profile(min=(1, 3, size, size), opt=(1, 3, size, size), max=(1, 3, size, size))
+    profile = Profile(min=shape, opt=shape, max=shape)
     metadata = ModelMetadata(
-        model_name=model.name,
-        class_names=tuple(str(n) for n in names),
-        input_size=(size, size),
+        model_name=spec.model_name,
+        class_names=spec.class_names,
+        input_size=spec.input_size,
         strides=tuple(model.strides),
         precision="fp16" if half else "fp32",
         batch=1,

@@ -6,7 +6,7 @@ client works against both unchanged):
 
 ```
 REPO/N/config.pbtxt              ensemble: IMAGE (encoded bytes) -> num_dets, boxes, scores,
-REPO/N/1/                          classes (the serve.v2_io contract; this is what clients call)
+REPO/N/1/                          classes (the serve.routes.v2.io contract: what clients call)
 REPO/N_preprocess/config.pbtxt   Python backend: bytes -> letterboxed images + letterbox info
 REPO/N_preprocess/1/model.py
 REPO/N_model/config.pbtxt        the network: onnxruntime_onnx (model.onnx) or
@@ -16,9 +16,9 @@ REPO/N_postprocess/1/model.py      original image's pixels, padded to max_det
 ```
 
 Both Python models run the same ``model.py`` (a copy of :mod:`export.triton_model`, which
-imports our torch-free pre/post-processing: ``detector.core.preprocess``, ``serve.runtime.images``,
-``serve.runtime.postprocess``, ``serve.v2_io``); the ``role`` parameter in each config picks the
-half.
+imports our torch-free pre/post-processing: ``detector.core.preprocess``,
+``serve.runtime.images``, ``serve.runtime.postprocess``, ``serve.routes.v2.io``); the ``role``
+parameter in each config picks the half.
 
 Names, types and dims of the network come from the model's metadata (``serve.runtime.metadata``)
 and,
@@ -41,6 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detector.core.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
+from serve.routes.v2.io import IMAGE_INPUT, OUTPUT_SPECS
 from serve.runtime.metadata import (
     INPUT_NAME,
     NMS_OUTPUTS,
@@ -50,7 +52,6 @@ from serve.runtime.metadata import (
     read_onnx_metadata,
     read_sidecar,
 )
-from serve.v2_io import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, IMAGE_INPUT, OUTPUT_SPECS
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +98,9 @@ class TritonOptions:
     preferred_batch: tuple[int, ...] = ()
     queue_delay_us: int | None = None
     kind: str = "gpu"
-    conf: float = DEFAULT_CONF
-    iou: float = DEFAULT_IOU
-    max_det: int = DEFAULT_MAX_DET
+    conf: float = PREDICT_CONF
+    iou: float = PREDICT_IOU
+    max_det: int = MAX_DET
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,7 @@ def _instances(count: int, kind: str) -> str:
 
 
 def _contract_outputs() -> tuple[Tensor, ...]:
-    """serve.v2_io.OUTPUT_SPECS as config tensors; K (the request's max_det) is -1."""
+    """serve.routes.v2.io.OUTPUT_SPECS as config tensors; K (the request's max_det) is -1."""
     return tuple(
         Tensor(name, _V2_TO_CONFIG[v2_type], tuple(-1 if d == "K" else int(d) for d in shape))
         for name, (v2_type, _, shape) in OUTPUT_SPECS.items()

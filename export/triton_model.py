@@ -9,24 +9,23 @@
 - ``postprocess``: the network's outputs (``model_output`` ``[B, N, 5 + C]``, or the NMS layout's
   ``model_num_dets``, ``model_boxes``, ``model_scores``, ``model_classes``) and ``letterbox`` ->
   ``num_dets`` INT32 ``[B, 1]``, ``boxes`` FP32 ``[B, K, 4]`` (original image pixels),
-  ``scores`` FP32 ``[B, K]``, ``classes`` INT32 ``[B, K]`` (``serve.v2_io``; K = max_det).
+  ``scores`` FP32 ``[B, K]``, ``classes`` INT32 ``[B, K]`` (``serve.routes.v2.io``; K = max_det).
 
-It computes nothing itself: decoding is ``serve.runtime.images.decode_image`` (type from the bytes,
-size
-checked before decoding), pre- and post-processing are
-``serve.runtime.predictor.Predictor.prepare`` and
-``Predictor.postprocess`` (``detector.core.preprocess``, ``serve.runtime.postprocess``), boxes go
-back with
+It computes nothing itself: decoding is ``serve.runtime.images.decode_image`` (type from the
+bytes, size checked before decoding), pre- and post-processing are
+``serve.runtime.predictor.Predictor.prepare`` and ``Predictor.postprocess``
+(``detector.core.preprocess``, ``serve.runtime.postprocess``), boxes go back with
 ``detector.core.preprocess.boxes_to_original`` and are padded by
-``serve.v2_io.detections_to_tensors``:
-the code our server runs, imported, so the two cannot drift apart. The Triton container needs
+``serve.routes.v2.io.detections_to_tensors``: the code our server runs, imported, so the two
+cannot drift apart. The Triton container needs
 ``pip install "detector[serve]"`` (NumPy, OpenCV, Pillow; no PyTorch).
 
-Thresholds ``conf``, ``iou``, ``max_det`` come from the config's ``parameters`` and can be
-overridden per request by request parameters of the same names (numbers, or numeric strings for
-clients that can only send strings), as can ``classes`` (names or ids, comma-separated), the
-same parameters our server's ``/v2`` takes. Triton forwards an ensemble request's parameters
-to its steps since 23.10 (triton-inference-server/core#261).
+Thresholds ``conf``, ``iou``, ``max_det`` come from the config's ``parameters`` (one that is
+missing: :mod:`detector.core.defaults`) and can be overridden per request by request parameters
+of the same names (numbers, or numeric strings for clients that can only send strings), as can
+``classes`` (names or ids, comma-separated), the same parameters our server's ``/v2`` takes.
+Triton forwards an ensemble request's parameters to its steps since 23.10
+(triton-inference-server/core#261).
 """
 
 from __future__ import annotations
@@ -37,11 +36,12 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from detector.core.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
 from detector.core.preprocess import boxes_to_original
+from serve.routes.v2.io import IMAGE_INPUT, detections_to_tensors
 from serve.runtime.images import ImageError, decode_image
 from serve.runtime.metadata import INPUT_NAME, NMS_OUTPUTS, RAW_OUTPUT, ModelMetadata
 from serve.runtime.predictor import Detections, Predictor, UnknownClassError, resolve_classes
-from serve.v2_io import IMAGE_INPUT, detections_to_tensors
 
 LETTERBOX = "letterbox"
 ROLES = ("preprocess", "postprocess")
@@ -82,9 +82,11 @@ class TritonPythonModel:
         metadata = ModelMetadata.from_json(params["metadata"], source)
         self.predictor = Predictor(EnsembleStep(metadata))
         self.max_pixels = int(params.get("max_pixels", "0"))
-        self.defaults = {"conf": float(params.get("conf", "0")),
-                         "iou": float(params.get("iou", "0")),
-                         "max_det": int(params.get("max_det", "0"))}  # fmt: skip
+        # the config states them (export.triton writes all three); a hand-edited config that
+        # drops one gets the default of predict and serve, not a silent zero
+        self.defaults = {"conf": float(params.get("conf", PREDICT_CONF)),
+                         "iou": float(params.get("iou", PREDICT_IOU)),
+                         "max_det": int(params.get("max_det", MAX_DET))}  # fmt: skip
         self.max_det_limit = int(params.get("max_det_limit", "0"))
 
     def execute(self, requests: list[Any]) -> list[Any]:

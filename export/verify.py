@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from detector.core.boxes import box_iou_numpy
+from detector.core.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
 from detector.ops import postprocess
 from export.onnx import save_atomic
 from serve.runtime.metadata import ONNX_KEY, ModelMetadata, read_onnx_metadata, write_onnx_metadata
@@ -50,8 +51,6 @@ from serve.runtime.predictor import Predictor
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "bccd" / "images"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-VERIFY_CONF = 0.25  # detections compared at the serving threshold (raw layout)
-VERIFY_IOU = 0.45
 
 
 @dataclass(frozen=True)
@@ -238,7 +237,8 @@ def compare(
             meta.nms.max_detections,
         )
     else:
-        conf, iou, max_det = VERIFY_CONF, VERIFY_IOU, 300
+        # a raw file is compared at the thresholds predict and serve use by default
+        conf, iou, max_det = PREDICT_CONF, PREDICT_IOU, MAX_DET
     model = model.float().eval()
     for size in batches:
         batch, _ = predictor.prepare(list(images[:size]))

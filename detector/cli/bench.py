@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from detector.cli.options import add_prediction_options
+
 CHOICES_GRAPHS = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
@@ -66,8 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--source", nargs="+", metavar="SRC", help="images, folders or globs to time on"
     )
-    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    add_prediction_options(parser, max_det=False)
     parser.add_argument(
         "--sequential", action="store_true",
         help="measure one model/batch after the other instead of interleaving their runs",

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from detector.core.defaults import EVAL_CONF, EVAL_IOU, MAX_DET, PREDICT_CONF, PREDICT_IOU
+
 STEPS = 7
 # The demo trains with the shipped defaults: nano's short-run rate (0.024 per 64 images) and
 # 3 no-aug epochs began as demo overrides (benchmarks/demo_accuracy.md) and are nano's own
@@ -147,8 +149,8 @@ def _evaluate(
     run_eval(
         argparse.Namespace(
             weights=str(weights), data=str(data_yaml), model=None, split="val", imgsz=None,
-            conf=0.01, iou=0.65, batch=8, workers=args.workers, device=args.device, voc=False,
-            json=str(metrics),
+            conf=EVAL_CONF, iou=EVAL_IOU, batch=8, workers=args.workers, device=args.device,
+            voc=False, json=str(metrics),
         )
     )  # fmt: skip
     return json.loads(metrics.read_text())
@@ -169,7 +171,8 @@ def _export(
     status = run_export(
         argparse.Namespace(
             weights=str(weights), model=None, out=str(onnx), imgsz=None, batch=1, dynamic=False,
-            nms=False, half=False, conf=0.25, iou=0.45, max_det=300, opset=17, no_verify=False,
+            nms=False, half=False, conf=PREDICT_CONF, iou=PREDICT_IOU, max_det=MAX_DET, opset=17,
+            no_verify=False,
         )
     )  # fmt: skip
     if status != 0:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from detector.cli.options import add_eval_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -18,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="model name, needed only for official YOLOX .pth files")
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's)")
-    parser.add_argument("--conf", type=float, default=0.01, help="confidence threshold")
-    parser.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold")
+    add_eval_options(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument(
         "--workers", type=int, help="loader worker processes (default: from the usable cores)"
@@ -35,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     from detector.data import build_dataset, load_data_config
     from detector.eval import format_per_class_table, voc_map50_from_predictions
-    from detector.models import checkpoint_input_size, model_from_checkpoint
-    from detector.training.distributed import resolve_device
+    from detector.models import load_inference_model
+    from detector.models.device import resolve_device
     from detector.training.resources import apply_threads, cpu_plan
     from detector.training.validate import evaluate_predictions, predict_split
 
@@ -45,16 +46,15 @@ def run(args: argparse.Namespace) -> int:
     workers = plan.eval_workers if args.workers is None else args.workers
     apply_threads(plan.threads)
     dataset = build_dataset(load_data_config(args.data), args.split)
-    model, meta = model_from_checkpoint(args.weights, name=args.model)
-    if model.num_classes != dataset.num_classes:
+    model, spec = load_inference_model(args.weights, args.model, args.imgsz)
+    if spec.num_classes != dataset.num_classes:
         raise ValueError(
-            f"{args.weights}: the model has {model.num_classes} classes but {args.data} has "
+            f"{args.weights}: the model has {spec.num_classes} classes but {args.data} has "
             f"{dataset.num_classes}"
         )
-    imgsz = args.imgsz or checkpoint_input_size(model, meta)
     model = model.to(device).eval()
     predictions = predict_split(
-        model, dataset, imgsz, device, args.batch, workers, args.conf, args.iou
+        model, dataset, spec.input_size, device, args.batch, workers, args.conf, args.iou
     )
     result = evaluate_predictions(predictions, dataset)
     report = result.to_dict()

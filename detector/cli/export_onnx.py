@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from detector.core.defaults import MAX_DET, PREDICT_CONF
+from detector.cli.options import add_prediction_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,13 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument("--dynamic", action="store_true", help="dynamic batch dimension")
     onnx.add_argument("--nms", action="store_true", help="class-aware NMS inside the graph")
     onnx.add_argument("--half", action="store_true", help="FP16 weights and compute")
-    onnx.add_argument(
-        "--conf", type=float, default=PREDICT_CONF, help="score threshold of the in-graph NMS"
-    )
-    onnx.add_argument("--iou", type=float, default=0.45, help="IoU threshold of the in-graph NMS")
-    onnx.add_argument(
-        "--max-det", type=int, default=MAX_DET, help="K: detections per image of the in-graph NMS"
-    )
+    add_prediction_options(onnx, of=" with --nms")
     onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     onnx.add_argument(
         "--no-verify", action="store_true", help="skip the check against PyTorch (not advised)"
@@ -54,7 +48,6 @@ def run_export(args: argparse.Namespace) -> int:
     from export.onnx import OnnxExportOptions, export_model, load_model
 
     options = OnnxExportOptions(
-        imgsz=args.imgsz,
         batch=args.batch,
         dynamic=args.dynamic,
         nms=args.nms,
@@ -65,8 +58,8 @@ def run_export(args: argparse.Namespace) -> int:
         opset=args.opset,
     )
     options.validate()
-    model, meta = load_model(args.weights, args.model)
-    path = export_model(model, meta, args.out, options)
+    model, spec = load_model(args.weights, args.model, args.imgsz)
+    path = export_model(model, spec, args.out, options)
     print(f"wrote {path}")
     if args.no_verify:
         print("not verified (--no-verify)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from serve.v2_io import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET
+from detector.cli.options import add_prediction_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,11 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--kind", choices=("gpu", "cpu"), default="gpu", help="where the network runs (default gpu)"
     )
-    parser.add_argument("--conf", type=float, default=DEFAULT_CONF, help="default score threshold")
-    parser.add_argument("--iou", type=float, default=DEFAULT_IOU, help="default NMS IoU threshold")
-    parser.add_argument(
-        "--max-det", type=int, default=DEFAULT_MAX_DET, help="default detections per image (K)"
-    )
+    add_prediction_options(parser, of=" when a request names none")
     parser.set_defaults(func=run_triton)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from detector.core.defaults import check_input_size
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -27,9 +29,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     config = get_model_config(args.name)
-    imgsz = args.imgsz or config.input_size
-    if imgsz <= 0 or imgsz % 32:
-        raise ValueError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
+    imgsz = config.input_size if args.imgsz is None else args.imgsz
+    imgsz, _ = check_input_size(imgsz, source="--imgsz")
     model = build_from_config(config, args.classes)
     layout = (
         "Darknet-53 + FPN"

@@ -1,11 +1,13 @@
 """``detector predict``: run any model file (checkpoint, ONNX, TensorRT engine) on images and
 videos and write annotated copies, predictions.json and optionally YOLO txt labels.
 
-Images go through the model in batches (``--batch``; an exported model's batch dimension is
-used whole, so a folder does not run one image at a time); a video is read frame by frame with
-OpenCV, its frames batched the same way, and written back annotated at its own size and frame
-rate. Batching never changes a result: each image is letterboxed on its own and the network's
-rows do not interact.
+Every model file runs through :class:`serve.runtime.predictor.Predictor`, the serving runtime
+(a checkpoint through its PyTorch backend), so ``predict``, ``bench`` and ``serve`` give one
+answer for one model. Images go through the model in batches (``--batch``; an exported model's
+batch dimension is used whole, so a folder does not run one image at a time); a video is read
+frame by frame with OpenCV, its frames batched the same way, and written back annotated at its
+own size and frame rate. Batching never changes a result: each image is letterboxed on its own
+and the network's rows do not interact.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.cli.options import add_prediction_options
+from detector.core.defaults import PredictParams
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
-CHECKPOINT_SUFFIXES = {".pt", ".pth"}
+CHECKPOINT_BACKEND = "torch"  # the runtime's backend for .pt/.pth checkpoints
 DYNAMIC_BATCH = 8  # default --batch for a dynamic-batch exported model
 VIDEO_FOURCC = "mp4v"  # MPEG-4 Part 2: what OpenCV's pip wheels write without extra codecs
 DEFAULT_FPS = 30.0  # for a video that does not say its frame rate
@@ -50,9 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--arch", help="model name, needed only for official YOLOX .pth files")
     parser.add_argument("--imgsz", type=int, help="input size of a checkpoint (default: its own)")
-    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=300, help="most detections per image")
+    add_prediction_options(parser)
     parser.add_argument(
         "--classes",
         action="append",
@@ -177,56 +180,34 @@ def _classes(values: list[str] | None, class_names: Sequence[str]) -> list[int] 
         raise ValueError(f"--classes: {exc}") from exc
 
 
-def checkpoint_detector(args: argparse.Namespace):
-    """(class names, detect(images) -> results, close, batch) for a PyTorch checkpoint; images
-    run one at a time."""
-    import torch
+def model_detector(args: argparse.Namespace):
+    """(class names, detect, close, batch) for any model file through
+    :class:`serve.runtime.predictor.Predictor`; ``detect`` runs a list of images as one batch
+    (split into the model's fixed batch). A checkpoint runs on the PyTorch backend at
+    ``--device`` (``--imgsz`` and ``--arch`` as the checkpoint's overrides), one image at a
+    time unless ``--batch`` says otherwise."""
+    from serve.runtime.predictor import Predictor, backend_for
 
-    from detector.core.preprocess import boxes_to_original, preprocess
-    from detector.models import checkpoint_input_size, model_from_checkpoint
-    from detector.ops import postprocess
-    from detector.training.distributed import resolve_device
-
-    device = resolve_device(args.device)
-    model, meta = model_from_checkpoint(args.model, name=args.arch)
-    model = model.to(device).eval()
-    class_names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-    imgsz = args.imgsz or checkpoint_input_size(model, meta)
-    keep_classes = _classes(args.classes, class_names)
-
-    def detect_one(image: np.ndarray) -> Result:
-        tensor, ratio = preprocess(image, imgsz)
-        with torch.no_grad():
-            output = model(torch.from_numpy(tensor)[None].to(device))
-        # class-aware NMS: filtering classes after it equals filtering before
-        dets = postprocess(output, conf_thres=args.conf, iou_thres=args.iou)[0].cpu().numpy()
-        if keep_classes is not None:
-            dets = dets[np.isin(dets[:, 5].astype(int), keep_classes)]
-        dets = dets[: args.max_det]
-        boxes = boxes_to_original(dets[:, :4], ratio, image.shape[:2])
-        return boxes, dets[:, 4], dets[:, 5].astype(int)
-
-    def detect(images: list[np.ndarray]) -> list[Result]:
-        return [detect_one(image) for image in images]
-
-    return class_names, detect, None, getattr(args, "batch", None) or 1
-
-
-def exported_detector(args: argparse.Namespace):
-    """(class names, detect, close, batch) for an exported model through
-    :mod:`serve.runtime.predictor`;
-    ``detect`` runs a list of images as one batch (split into the model's fixed batch)."""
-    from serve.runtime.predictor import Predictor
-
-    if args.imgsz or args.arch:
+    backend = args.backend or backend_for(args.model)
+    options = {}
+    if backend == CHECKPOINT_BACKEND:
+        options = {"device": args.device, "imgsz": args.imgsz, "model_name": args.arch}
+    elif args.imgsz or args.arch:
         raise ValueError(f"{args.model}: --imgsz and --arch apply to checkpoints only")
-    predictor = Predictor.from_path(args.model, backend=args.backend)
-    class_names = list(predictor.metadata.class_names)
-    keep_classes = _classes(args.classes, class_names)
-    batch = getattr(args, "batch", None) or predictor.metadata.batch or DYNAMIC_BATCH
+    predictor = Predictor.from_path(args.model, backend=backend, **options)
+    try:
+        class_names = list(predictor.metadata.class_names)
+        params = PredictParams(
+            args.conf, args.iou, args.max_det, _classes(args.classes, class_names)
+        )
+    except ValueError:
+        predictor.close()
+        raise
+    single = 1 if backend == CHECKPOINT_BACKEND else None
+    batch = getattr(args, "batch", None) or predictor.metadata.batch or single or DYNAMIC_BATCH
 
     def detect(images: list[np.ndarray]) -> list[Result]:
-        found = predictor.predict(images, args.conf, args.iou, args.max_det, keep_classes)
+        found = predictor.predict(images, params.conf, params.iou, params.max_det, params.classes)
         return [(d.boxes, d.scores, d.classes) for d in found]
 
     return class_names, detect, predictor.close, batch
@@ -363,10 +344,7 @@ def run(args: argparse.Namespace) -> int:
     if batch is not None and batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
     sources = collect_sources(args.source)
-    if model_path.suffix.lower() in CHECKPOINT_SUFFIXES and args.backend in (None, "torch"):
-        class_names, detect, close, batch = checkpoint_detector(args)
-    else:
-        class_names, detect, close, batch = exported_detector(args)
+    class_names, detect, close, batch = model_detector(args)
     writer = PredictionWriter(Path(args.out), class_names, args.save_txt)
     failed = 0
     pending: list[Path] = []  # images waiting to be run together
@@ -381,6 +359,5 @@ def run(args: argparse.Namespace) -> int:
         failed += predict_images(pending, detect, writer, batch)
     finally:
         writer.close()
-        if close is not None:
-            close()
+        close()
     return 1 if failed else 0

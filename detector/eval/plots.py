@@ -8,6 +8,10 @@
 
 Detections everywhere are ``[K, 6]`` (x1, y1, x2, y2, score, class index); ground truth is
 ``[M, 5]`` (x1, y1, x2, y2, class index), both in the pixels of the image they belong to.
+
+The confusion matrix and the prediction grid show what a user of ``detector predict`` would
+see: detections at the prediction score threshold (:data:`detector.core.defaults.PREDICT_CONF`),
+matched to ground truth at the prediction IoU (``PREDICT_IOU``), not at the evaluation ones.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from detector.core.boxes import box_iou_numpy  # noqa: E402
+from detector.core.defaults import PREDICT_CONF, PREDICT_IOU  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 
@@ -194,8 +199,8 @@ def confusion_matrix(
     detections: Sequence[Any],
     ground_truth: Sequence[Any],
     num_classes: int,
-    iou_thres: float = 0.45,
-    conf_thres: float = 0.25,
+    iou_thres: float = PREDICT_IOU,
+    conf_thres: float = PREDICT_CONF,
 ) -> np.ndarray:
     """Detection confusion matrix ``[C + 1, C + 1]``: rows = predicted class, columns = true
     class, index ``C`` = background.
@@ -285,7 +290,7 @@ def plot_predictions_grid(
     gts: Sequence[Any] | None,
     class_names: Sequence[str],
     out_png: str | Path,
-    conf_thres: float = 0.25,
+    conf_thres: float = PREDICT_CONF,
     max_images: int = 9,
 ) -> Path:
     """A grid of images (``[H, W, 3]`` uint8 BGR) with predicted boxes (solid, class colour,
@@ -376,8 +381,8 @@ def confusion_matrix_from_coco(
     image_ids: Sequence[int],
     ground_truth: dict[str, Any],
     category_ids: Sequence[int],
-    iou_thres: float = 0.45,
-    conf_thres: float = 0.25,
+    iou_thres: float = PREDICT_IOU,
+    conf_thres: float = PREDICT_CONF,
 ) -> np.ndarray:
     """``confusion_matrix`` of per-image ``[K, 6]`` detections (in the order of ``image_ids``)
     against a COCO ground-truth dict; ``category_ids[class index]`` is the COCO category id."""
@@ -390,7 +395,7 @@ def plot_predictions_grid_from_dataset(
     predictions: Any,
     class_names: Sequence[str],
     out_png: str | Path,
-    conf_thres: float = 0.25,
+    conf_thres: float = PREDICT_CONF,
     max_images: int = 9,
 ) -> Path:
     """``plot_predictions_grid`` for the first ``max_images`` images of a split's predictions.

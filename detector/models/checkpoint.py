@@ -3,16 +3,24 @@
 A checkpoint is untrusted input: it is read with ``torch.load(..., weights_only=True)``, which
 refuses arbitrary pickled objects. Our trainer writes a dict with ``"model"`` (the weights to use
 for inference, EMA when EMA is on), optionally ``"train_model"``, ``"optimizer"``, ``"epoch"``, and
-``"meta"`` (``model_name``, ``num_classes``, ``class_names``, ``input_size``, ``preprocess``). The
-official YOLOX files are ``{"model": state_dict, ...}`` without ``"meta"``.
+``"meta"`` (:func:`checkpoint_meta`: ``model_name``, ``num_classes``, ``class_names``,
+``input_size``; older checkpoints also carry a ``preprocess`` dict that repeats the input size).
+The official YOLOX files are ``{"model": state_dict, ...}`` without ``"meta"``.
+
+:func:`checkpoint_spec` is the one place that turns a checkpoint's meta (plus the optional input
+size and model name a user gives) into what the checkpoint runs as, a :class:`CheckpointSpec`;
+:func:`load_inference_model` reads a file, makes its spec and loads the model in one step. Every
+consumer (``detector eval``/``predict``, the ONNX and torch2trt exports, the serving runtime's
+PyTorch backend) goes through them.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from detector.core.defaults import check_input_size
+from detector.core.preprocess import PreprocessSpec
 from detector.models.build import build_model
 from detector.models.config import get_model_config, model_names
 from detector.models.yolox import YOLOX
@@ -184,10 +194,165 @@ def load_checkpoint(model: nn.Module, path: str | Path, key: str = "model") -> d
     return meta
 
 
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """What a checkpoint runs as, validated: made by :func:`checkpoint_spec` only.
+
+    Attributes:
+        model_name: the architecture (``yolox_nano`` ...).
+        num_classes: ``C``, the class count of the model to build.
+        class_names: ``C`` names; ``"0" .. "C-1"`` when the checkpoint has none (official files).
+        input_size: ``(height, width)`` of the network input, multiples of
+            :data:`detector.core.defaults.INPUT_STRIDE`.
+    """
+
+    model_name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        """How an image becomes this model's ``[3, H, W]`` input (letterbox to the input size)."""
+        return PreprocessSpec(*self.input_size)
+
+
+def checkpoint_meta(
+    model_name: str, class_names: Sequence[str], input_size: int | Sequence[int]
+) -> dict[str, Any]:
+    """The ``"meta"`` entry a checkpoint is written with: the model, its classes and the input
+    size (stored once, as ``[height, width]``), what :func:`checkpoint_spec` reads back."""
+    height, width = check_input_size(input_size, source="checkpoint meta")
+    return {
+        "model_name": str(model_name),
+        "num_classes": len(class_names),
+        "class_names": [str(n) for n in class_names],
+        "input_size": [height, width],
+    }
+
+
+def _model_name(meta: Mapping[str, Any], model_name: str | None, source: str | Path) -> str:
+    """The architecture: ``model_name`` when given (it must agree with the meta's), else the
+    one the meta records; official files record none, so then it is required."""
+    if model_name:
+        check_model_name(meta, str(model_name), source)
+    name = model_name or meta.get("model_name")
+    if not name:
+        raise CheckpointError(
+            f"{source}: the checkpoint does not record its model (an official YOLOX .pth?); "
+            "pass the model name (e.g. --model yolox_s)"
+        )
+    return str(name)
+
+
+def _recorded_size(meta: Mapping[str, Any]) -> Any:
+    """The input size the meta records: ``input_size``, else (checkpoints that only kept the
+    copy inside it) ``preprocess``'s height and width; ``None`` when it records none."""
+    if meta.get("input_size"):
+        return meta["input_size"]
+    preprocess = meta.get("preprocess")
+    if isinstance(preprocess, Mapping) and "input_height" in preprocess:
+        return preprocess["input_height"], preprocess.get("input_width", preprocess["input_height"])
+    return None
+
+
+def _input_size(
+    meta: Mapping[str, Any], imgsz: int | Sequence[int] | None, name: str, source: str | Path
+) -> tuple[int, int]:
+    """``imgsz`` when given, else the meta's input size, else the model's default; checked."""
+    try:
+        if imgsz is not None:
+            return check_input_size(imgsz, source=f"{source}: imgsz")
+        recorded = _recorded_size(meta)
+        if recorded is not None:
+            return check_input_size(recorded, source=f"{source}: meta input_size")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return check_input_size(get_model_config(name).input_size, source=f"model {name}")
+
+
+def checkpoint_spec(
+    meta: Mapping[str, Any],
+    imgsz: int | Sequence[int] | None = None,
+    model_name: str | None = None,
+    *,
+    weights_classes: int | None = None,
+    source: str | Path = "checkpoint",
+) -> CheckpointSpec:
+    """What a checkpoint runs as, from its ``meta`` and what the user asked for.
+
+    Args:
+        meta: the checkpoint's ``"meta"`` (``{}`` for official YOLOX files).
+        imgsz: input size ``N`` or ``(H, W)``; default the meta's, else the model's default.
+        model_name: the architecture; required when the meta records none (official files),
+            and must agree with it otherwise.
+        weights_classes: the class count of the weights' class predictions, used when the meta
+            records none.
+        source: what errors name (the file).
+
+    Raises:
+        CheckpointError: no model name, an unknown class count, class names that do not fit
+            it, or an input size that is not positive multiples of 32.
+    """
+    name = _model_name(meta, model_name, source)
+    num_classes = meta.get("num_classes") or weights_classes
+    if not num_classes:
+        raise CheckpointError(f"{source}: cannot tell the number of classes")
+    num_classes = int(num_classes)
+    names = meta.get("class_names") or [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise CheckpointError(
+            f"{source}: meta lists {len(names)} class names for a {num_classes}-class model"
+        )
+    return CheckpointSpec(
+        model_name=name,
+        num_classes=num_classes,
+        class_names=tuple(str(n) for n in names),
+        input_size=_input_size(meta, imgsz, name, source),
+    )
+
+
+def _read_model_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(meta, inference state dict)`` of checkpoint ``path``."""
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint.get("meta")
+    meta = dict(meta) if isinstance(meta, Mapping) else {}
+    return meta, _state_dict(checkpoint, "model", path)
+
+
+def load_inference_model(
+    path: str | Path, model_name: str | None = None, imgsz: int | Sequence[int] | None = None
+) -> tuple[YOLOX, CheckpointSpec]:
+    """The checkpoint-to-model step of every inference path: read ``path``, make its
+    :func:`checkpoint_spec`, build that model and load its inference weights strictly.
+
+    Args:
+        path: our checkpoint (its ``meta`` names the model) or an official YOLOX ``.pth``.
+        model_name: the architecture; required for official files.
+        imgsz: input size ``N`` or ``(H, W)`` (default: the checkpoint's).
+
+    Returns:
+        ``(model in evaluation mode, its spec)``.
+
+    Raises:
+        CheckpointError: the file is unreadable or does not fit, or the spec is invalid.
+    """
+    meta, state = _read_model_checkpoint(path)
+    spec = checkpoint_spec(
+        meta, imgsz, model_name, weights_classes=_checkpoint_classes(state), source=path
+    )
+    model = build_model(spec.model_name, spec.num_classes)
+    load_state(model, state, path)
+    return model.eval(), spec
+
+
 def model_from_checkpoint(
     path: str | Path, name: str | None = None, num_classes: int | None = None
 ) -> tuple[YOLOX, dict[str, Any]]:
     """Build the model a checkpoint describes and load its inference weights.
+
+    For inference prefer :func:`load_inference_model`, which also returns the validated class
+    names and input size; this form can build another class count (fine-tuning).
 
     Args:
         path: our checkpoint (its ``meta`` names the model) or an official YOLOX ``.pth``.
@@ -197,29 +362,19 @@ def model_from_checkpoint(
     Returns:
         ``(model in evaluation mode, meta)``.
     """
-    checkpoint = read_checkpoint(path)
-    meta = checkpoint.get("meta")
-    meta = dict(meta) if isinstance(meta, Mapping) else {}
-    state = _state_dict(checkpoint, "model", path)
-    if name:
-        check_model_name(meta, str(name), path)
-    name = name or meta.get("model_name")
-    if not name:
-        raise CheckpointError(
-            f"{path}: the checkpoint does not record its model (an official YOLOX .pth?); "
-            "pass the model name (e.g. --model yolox_s)"
-        )
+    meta, state = _read_model_checkpoint(path)
+    name = _model_name(meta, name, path)
     if num_classes is None:
         num_classes = meta.get("num_classes") or _checkpoint_classes(state)
     if num_classes is None:
         raise CheckpointError(f"{path}: cannot tell the number of classes; pass num_classes")
-    model = build_model(str(name), int(num_classes))
+    model = build_model(name, int(num_classes))
     load_state(model, state, path)
     return model.eval(), meta
 
 
 def checkpoint_input_size(model: YOLOX, meta: Mapping[str, Any]) -> int:
-    """The input size a checkpoint was trained at (``meta["input_size"]``), else its model's
+    """The square input side a checkpoint was trained at (the height of
+    :attr:`CheckpointSpec.input_size`, read by the same rule): the meta's, else its model's
     default (official ``.pth`` files carry no meta)."""
-    sizes = meta.get("input_size")
-    return int(sizes[0]) if sizes else get_model_config(model.name).input_size
+    return _input_size(meta, None, model.name, "checkpoint")[0]

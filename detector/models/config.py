@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.core.config import ConfigError, configs_dir, from_mapping, load_yaml, suggest
+from detector.core.defaults import INPUT_STRIDE
 from detector.models.blocks import ACTIVATIONS
 
 CONFIG_DIR = configs_dir() / "models"
@@ -74,8 +75,8 @@ def _check(config: ModelConfig, source: str) -> None:
         raise ConfigError(f"{source}: act '{config.act}' is not one of {', '.join(ACTIVATIONS)}")
     if config.depth <= 0 or config.width <= 0:
         raise ConfigError(f"{source}: depth and width must be positive")
-    if config.input_size <= 0 or config.input_size % 32:
-        raise ConfigError(f"{source}: input_size must be a positive multiple of 32")
+    if config.input_size <= 0 or config.input_size % INPUT_STRIDE:
+        raise ConfigError(f"{source}: input_size must be a positive multiple of {INPUT_STRIDE}")
 
 
 def get_model_config(name: str) -> ModelConfig:

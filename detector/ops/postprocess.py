@@ -25,8 +25,9 @@ def postprocess(
     """Per image: keep anchors with ``obj * max(cls) >= conf_thres``, run NMS (per class unless
     ``class_agnostic``) at ``iou_thres``, keep the ``max_det`` best.
 
-    The default threshold is the evaluation one (0.01, as YOLOX's mAP runs); pass
-    ``PREDICT_CONF`` (0.25) when showing or serving detections.
+    The default thresholds are the evaluation ones (``EVAL_CONF``, ``EVAL_IOU`` of
+    :mod:`detector.core.defaults`, as YOLOX's mAP runs); pass ``PREDICT_CONF`` and
+    ``PREDICT_IOU`` when showing detections.
 
     Args:
         pred: ``Tensor[B, N, 5 + C]`` decoded predictions.

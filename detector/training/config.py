@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detector.core.config import ConfigError, apply_overrides, configs_dir, from_mapping, load_yaml
+from detector.core.defaults import EVAL_CONF, EVAL_IOU, INPUT_STRIDE
 from detector.data import AugmentConfig
 
 DEFAULT_CONFIG = configs_dir() / "train" / "default.yaml"
@@ -55,8 +56,8 @@ class TrainConfig:
     simota_radius: float = 2.5
     simota_topk: int = 10
     eval_interval: int = 10
-    eval_conf: float = 0.01
-    eval_nms: float = 0.65
+    eval_conf: float = EVAL_CONF
+    eval_nms: float = EVAL_IOU
     eval_batch: int = 8
     sync_bn: bool = False
     save_interval: int = 1
@@ -75,7 +76,10 @@ class TrainConfig:
             (self.optimizer in ("sgd", "adamw"), "optimizer must be 'sgd' or 'adamw'"),
             (self.iou_type in ("iou", "giou"), "iou_type must be 'iou' or 'giou'"),
             (self.schedule in ("auto", "yolox"), "schedule must be 'auto' or 'yolox'"),
-            (self.imgsz is None or self.imgsz % 32 == 0, "imgsz must be a multiple of 32"),
+            (
+                self.imgsz is None or self.imgsz % INPUT_STRIDE == 0,
+                f"imgsz must be a multiple of {INPUT_STRIDE}",
+            ),
             (self.eval_interval > 0, "eval_interval must be positive"),
             (
                 self.multiscale_sizes is None

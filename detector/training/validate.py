@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from detector.core.defaults import EVAL_CONF, EVAL_IOU, MAX_DET
 from detector.core.preprocess import boxes_to_original
 from detector.data import build_eval_loader
 from detector.eval import CocoResult, detections_to_coco, evaluate_coco
@@ -38,15 +39,20 @@ class Predictions:
 def predict_split(
     model: nn.Module,
     dataset,
-    imgsz: int,
+    imgsz: int | tuple[int, int],
     device: torch.device,
     batch_size: int = 8,
     workers: int = 0,
-    conf_thres: float = 0.01,
-    iou_thres: float = 0.65,
-    max_det: int = 300,
+    conf_thres: float = EVAL_CONF,
+    iou_thres: float = EVAL_IOU,
+    max_det: int = MAX_DET,
 ) -> Predictions:
-    """Predict every image of ``dataset`` (this process's slice of it under ``torchrun``)."""
+    """Predict every image of ``dataset`` (this process's slice of it under ``torchrun``) at
+    input size ``imgsz`` (``N`` or ``(H, W)``); the thresholds default to the evaluation ones.
+
+    Returns:
+        per image ``[K, 6]`` detections in original pixels (see :class:`Predictions`).
+    """
     indices = list(range(dist.rank(), len(dataset), dist.world_size()))
     subset = Subset(dataset, indices) if dist.world_size() > 1 else dataset
     loader = build_eval_loader(subset, imgsz, batch_size, workers)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from detector.core.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
+
 
 @dataclass
 class RawDetections:
@@ -46,9 +48,9 @@ def _class_filter(classes: np.ndarray, wanted: Sequence[int] | None) -> np.ndarr
 
 def postprocess_raw(
     output: np.ndarray,
-    conf: float = 0.25,
-    iou: float = 0.45,
-    max_det: int = 300,
+    conf: float = PREDICT_CONF,
+    iou: float = PREDICT_IOU,
+    max_det: int = MAX_DET,
     classes: Sequence[int] | None = None,
 ) -> list[RawDetections]:
     """``output [B, N, 5 + C]`` -> ``B`` :class:`RawDetections` (the rule of

@@ -2,10 +2,11 @@
 
 ``Predictor`` is the one path from images to detections for every backend: pre-processing is
 ``detector.core.preprocess.preprocess`` (the function training-time evaluation uses),
-post-processing
-is :mod:`serve.runtime.postprocess`, boxes go back to the original image with
-``detector.core.preprocess.boxes_to_original``. Export verification runs through it too, so what was
-verified is exactly what serves. Nothing here imports torch for ONNX or TensorRT models.
+post-processing is :mod:`serve.runtime.postprocess`, boxes go back to the original image with
+``detector.core.preprocess.boxes_to_original``. ``detector predict`` and ``bench``, export
+verification and the server all run through it, so what was verified or benchmarked is exactly
+what serves. The threshold defaults are :mod:`detector.core.defaults`. Nothing here imports
+torch for ONNX or TensorRT models.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.core.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
 from detector.core.preprocess import boxes_to_original, preprocess
 from serve.runtime.backends.base import Backend
 from serve.runtime.metadata import NMS_OUTPUTS, RAW_OUTPUT, ModelMetadata
@@ -149,9 +151,9 @@ class Predictor:
     def postprocess(
         self,
         outputs: dict[str, np.ndarray],
-        conf: float = 0.25,
-        iou: float = 0.45,
-        max_det: int = 300,
+        conf: float = PREDICT_CONF,
+        iou: float = PREDICT_IOU,
+        max_det: int = MAX_DET,
         classes: Sequence[int] | None = None,
     ) -> list[RawDetections]:
         """Named outputs -> per-image detections in input pixels. For the NMS layout the graph's
@@ -164,9 +166,9 @@ class Predictor:
     def predict(
         self,
         images: Sequence[np.ndarray],
-        conf: float = 0.25,
-        iou: float = 0.45,
-        max_det: int = 300,
+        conf: float = PREDICT_CONF,
+        iou: float = PREDICT_IOU,
+        max_det: int = MAX_DET,
         classes: Sequence[int] | None = None,
     ) -> list[Detections]:
         """Detect objects in BGR uint8 ``[H, W, 3]`` images; one :class:`Detections` per image,

@@ -53,6 +53,59 @@ def test_onnx_gives_the_checkpoints_detections(
             assert da["score"] == pytest.approx(db["score"], abs=1e-4)
 
 
+def test_checkpoint_runs_through_the_serving_runtime(
+    lively: Path, images: list[Path], tmp_path: Path
+) -> None:
+    """``predict`` on a checkpoint answers what ``serve`` and ``bench`` answer: the runtime's
+    PyTorch backend, its pre- and post-processing (OpenCV NMS), at the default thresholds."""
+    import cv2
+
+    from serve.runtime.predictor import Predictor
+
+    code, records = predict(tmp_path, "--model", str(lively), *map(str, images), "--device",
+                            "cpu")  # fmt: skip
+    assert code == 0
+    predictor = Predictor.from_path(lively, device="cpu")
+    try:
+        assert predictor.backend.name == "torch"
+        found = [predictor.predict([cv2.imread(str(path))])[0] for path in images]
+    finally:
+        predictor.close()
+    assert sum(len(r["detections"]) for r in records) > 0
+    for record, expected in zip(records, found):
+        assert [d["class_id"] for d in record["detections"]] == expected.classes.tolist()
+        assert [d["score"] for d in record["detections"]] == [
+            round(float(s), 6) for s in expected.scores
+        ]
+        boxes = [d["box"] for d in record["detections"]]
+        assert boxes == [[round(float(v), 4) for v in box] for box in expected.boxes]
+
+
+def test_checkpoint_flags_and_their_errors(
+    lively: Path, images: list[Path], tmp_path: Path, capsys
+) -> None:
+    """--imgsz is checked, an official .pth (no meta) needs --arch, and class names then are
+    the class ids."""
+    import torch
+
+    from detector.models import read_checkpoint
+
+    code = main(["predict", "--model", str(lively), str(images[0]), "--imgsz", "100",
+                 "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert code == 2 and "multiples of 32" in capsys.readouterr().err
+    official = tmp_path / "official.pth"
+    torch.save({"model": read_checkpoint(lively)["model"]}, official)
+    assert main(["predict", "--model", str(official), str(images[0])]) == 2
+    assert "pass the model name" in capsys.readouterr().err
+    code, records = predict(tmp_path / "pth", "--model", str(official), str(images[0]), "--arch",
+                            "yolox_nano", "--imgsz", "128", "--conf", "0.2")  # fmt: skip
+    assert code == 0 and records[0]["detections"]
+    assert {d["class_name"] for d in records[0]["detections"]} <= {"0", "1", "2"}
+    code = main(["predict", "--model", str(lively), str(images[0]), "--max-det", "0",
+                 "--out", str(tmp_path / "zero")])  # fmt: skip
+    assert code == 2 and "max_det must be at least 1" in capsys.readouterr().err
+
+
 def test_classes_by_name_and_max_det(onnx_model: Path, images: list[Path], tmp_path: Path) -> None:
     glob = str(images[0].parent / "*.jpg")  # a quoted glob, expanded by predict itself
     _, everything = predict(tmp_path / "all", "--model", str(onnx_model), glob, "--conf", "0.2")

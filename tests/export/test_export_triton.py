@@ -30,7 +30,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from detector.cli import main
+from detector.core.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
 from export.triton import MAX_DET_LIMIT, MAX_PIXELS, MODEL_PY
+from serve.routes.v2.io import IMAGE_INPUT, OUTPUT_SPECS
 from serve.runtime.images import decode_image
 from serve.runtime.metadata import (
     ModelMetadata,
@@ -40,7 +42,6 @@ from serve.runtime.metadata import (
 )
 from serve.runtime.predictor import Predictor
 from serve.settings import ServeSettings
-from serve.v2_io import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, IMAGE_INPUT, OUTPUT_SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
 BCCD_IMAGE = ROOT / "data" / "bccd" / "images" / "BloodImage_00000.jpg"
@@ -284,9 +285,9 @@ def test_configs_parse_with_triton_schema_and_match_the_graph(models, tmp_path, 
         metadata = ModelMetadata.from_json(config.parameters["metadata"].string_value)
         assert metadata == read_onnx_metadata(models["raw"])
     post = configs["cells_postprocess"].parameters
-    assert float(post["conf"].string_value) == DEFAULT_CONF
-    assert float(post["iou"].string_value) == DEFAULT_IOU
-    assert int(post["max_det"].string_value) == DEFAULT_MAX_DET
+    assert float(post["conf"].string_value) == PREDICT_CONF
+    assert float(post["iou"].string_value) == PREDICT_IOU
+    assert int(post["max_det"].string_value) == MAX_DET
     # the Python models' limits are the server's defaults
     assert int(configs["cells_preprocess"].parameters["max_pixels"].string_value) == MAX_PIXELS
     assert MAX_PIXELS == ServeSettings.model_fields["max_pixels"].default
@@ -345,10 +346,10 @@ def test_ensemble_steps_give_the_runtimes_detections(layout, models, image_bytes
     predictor = Predictor.from_path(models[layout])
     decoded = [decode_image(b, MAX_PIXELS) for b in image_bytes]
     cases = [
-        ({}, DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, None),
+        ({}, PREDICT_CONF, PREDICT_IOU, MAX_DET, None),
         # per-request parameters, as our server's /v2 takes them
         ({"conf": 0.4, "iou": "0.3", "max_det": 3}, 0.4, 0.3, 3, None),
-        ({"conf": 0.1, "classes": "blue,0"}, 0.1, DEFAULT_IOU, DEFAULT_MAX_DET, [0, 2]),
+        ({"conf": 0.1, "classes": "blue,0"}, 0.1, PREDICT_IOU, MAX_DET, [0, 2]),
     ]
     total = 0
     for parameters, conf, iou, max_det, classes in cases:
@@ -433,7 +434,7 @@ def test_fixed_batch_model_gets_max_batch_size_0(models, image_bytes, tmp_path, 
     check_ensemble_wiring(configs, "one")
     # a client still sends IMAGE [1, 1] and gets [1, K, 4]: the same shapes as from a batched one
     outputs = Ensemble(repo, "one").infer(image_bytes[:1])
-    assert outputs["boxes"].shape == (1, DEFAULT_MAX_DET, 4)
+    assert outputs["boxes"].shape == (1, MAX_DET, 4)
 
     code = export_triton(models["fixed"], tmp_path / "other", "--max-batch", "4")
     err = capsys.readouterr().err
@@ -584,7 +585,7 @@ def test_real_triton_server_serves_the_repository(layout, models, image_bytes, t
             ({"conf": 0.4, "iou": 0.3, "max_det": 3}, {"conf": 0.4, "iou": 0.3, "max_det": 3}),
         ):
             answers = detect_v2(url, "detector", sent, parameters=parameters)
-            expected = predictor.predict(decoded, **{"max_det": DEFAULT_MAX_DET, **options})
+            expected = predictor.predict(decoded, **{"max_det": MAX_DET, **options})
             for got, det in zip(answers, expected):
                 np.testing.assert_allclose(got["boxes"], det.boxes, rtol=1e-3, atol=1e-3)
                 np.testing.assert_allclose(got["scores"], det.scores, rtol=1e-5, atol=1e-6)

@@ -10,8 +10,12 @@ import torch
 
 from detector.models import (
     CheckpointError,
+    CheckpointSpec,
     build_model,
+    checkpoint_meta,
+    checkpoint_spec,
     load_checkpoint,
+    load_inference_model,
     model_from_checkpoint,
     read_checkpoint,
 )
@@ -202,3 +206,73 @@ def test_arbitrary_objects_are_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="evil.pt: refused by the weights-only loader"):
         read_checkpoint(path)
     assert "pwned" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- checkpoint -> model config
+
+
+def test_spec_of_our_meta(tmp_path, model):
+    """Our meta names everything; an imgsz override wins and is checked."""
+    spec = checkpoint_spec(checkpoint_meta(NAME, ["a", "b", "c"], (320, 416)), source="x.pt")
+    assert spec == CheckpointSpec(NAME, 3, ("a", "b", "c"), (320, 416))
+    assert (spec.preprocess.input_height, spec.preprocess.input_width) == (320, 416)
+    assert checkpoint_spec(meta(), imgsz=96).input_size == (96, 96)
+    assert checkpoint_spec(meta(), imgsz=(64, 128)).input_size == (64, 128)
+    for bad in (100, 0, (64, 100), -32):
+        with pytest.raises(CheckpointError, match=r"x.pt: imgsz: .*multiples of 32"):
+            checkpoint_spec(meta(), imgsz=bad, source="x.pt")
+
+
+def test_spec_of_meta_written_by_older_trainers():
+    """Older checkpoints stored the size twice (``input_size`` and inside ``preprocess``):
+    ``input_size`` is the one read; a meta with only the ``preprocess`` copy still works."""
+    both = {**meta(), "input_size": [416, 416],
+            "preprocess": {"input_height": 320, "input_width": 320, "pad_value": 114}}  # fmt: skip
+    assert checkpoint_spec(both).input_size == (416, 416)
+    only_preprocess = {k: v for k, v in both.items() if k != "input_size"}
+    assert checkpoint_spec(only_preprocess).input_size == (320, 320)
+    with pytest.raises(CheckpointError, match=r"x.pt: meta input_size: .*got \[100, 100\]"):
+        checkpoint_spec({**meta(), "input_size": [100, 100]}, source="x.pt")
+
+
+def test_new_meta_stores_the_input_size_once():
+    written = checkpoint_meta(NAME, ["a", "b"], 416)
+    assert written == {"model_name": NAME, "num_classes": 2, "class_names": ["a", "b"],
+                       "input_size": [416, 416]}  # fmt: skip
+    assert "preprocess" not in written
+    with pytest.raises(ValueError, match="multiples of 32"):
+        checkpoint_meta(NAME, ["a"], 100)
+
+
+def test_spec_of_an_official_file_needs_a_name_and_falls_back():
+    """No meta: the name is required, the class count comes from the weights, the names are
+    the class ids and the input size is the model's default."""
+    with pytest.raises(CheckpointError, match=r"coco.pth: .*pass the model name"):
+        checkpoint_spec({}, weights_classes=80, source="coco.pth")
+    spec = checkpoint_spec({}, model_name="yolox_s", weights_classes=2)
+    assert spec == CheckpointSpec("yolox_s", 2, ("0", "1"), (640, 640))
+    assert checkpoint_spec({}, model_name=NAME, weights_classes=2).input_size == (416, 416)
+    with pytest.raises(CheckpointError, match="cannot tell the number of classes"):
+        checkpoint_spec({}, model_name=NAME)
+
+
+def test_spec_rejects_what_does_not_fit():
+    with pytest.raises(CheckpointError, match="x.pt: checkpoint is yolox_nano, not yolox_s"):
+        checkpoint_spec(meta(), model_name="yolox_s", source="x.pt")
+    assert checkpoint_spec(meta(), model_name=NAME).model_name == NAME
+    with pytest.raises(CheckpointError, match="meta lists 2 class names for a 3-class model"):
+        checkpoint_spec({**meta(), "class_names": ["a", "b"]})
+
+
+def test_load_inference_model(tmp_path, model):
+    path = tmp_path / "best.pt"
+    torch.save({"model": model.state_dict(), "meta": meta()}, path)
+    built, spec = load_inference_model(path, imgsz=(128, 160))
+    assert not built.training and same_weights(built, model)
+    assert spec == CheckpointSpec(NAME, 3, ("c0", "c1", "c2"), (128, 160))
+    official = tmp_path / "yolox_nano.pth"
+    torch.save({"model": model.state_dict()}, official)
+    built, spec = load_inference_model(official, NAME)
+    assert same_weights(built, model) and spec.class_names == ("0", "1", "2")
+    with pytest.raises(CheckpointError, match=r"yolox_nano.pth: .*pass the model name"):
+        load_inference_model(official)

@@ -1,9 +1,11 @@
 """PyTorch backend: runs a ``detector train`` checkpoint (``.pt``/``.pth``) behind the same
 :class:`serve.runtime.backends.base.Backend` interface as ONNX Runtime and TensorRT.
 
-This is the only module of ``serve`` that imports torch; :mod:`serve.runtime.predictor` imports it
-only when
-a checkpoint is asked for, so serving ONNX or engine files stays torch-free.
+This is the only module of ``serve`` that imports torch; :mod:`serve.runtime.predictor` imports
+it only when a checkpoint is asked for, so serving ONNX or engine files stays torch-free. The
+checkpoint becomes a model in :func:`detector.models.load_inference_model` (class names and input
+size included), and the device in :func:`detector.models.device.resolve_device`, as for
+``detector eval`` and training.
 
 The model is built from the checkpoint, batch norm is folded into the convolutions
 (``detector.models.fuse_model``) and it runs in evaluation mode. On a GPU the network runs in
@@ -23,14 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.core.preprocess import PreprocessSpec, as_size
-from detector.models import (
-    CheckpointError,
-    checkpoint_input_size,
-    fuse_model,
-    model_from_checkpoint,
-)
+from detector.models import CheckpointError, fuse_model, load_inference_model
 from detector.models.decode import decode_outputs
+from detector.models.device import DeviceError, resolve_device
 from serve.runtime.metadata import RAW_OUTPUT, ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -47,50 +44,9 @@ class TorchModelError(ValueError):
     """A checkpoint cannot be served (missing, corrupt, inconsistent); the message names it."""
 
 
-class TorchDeviceError(ValueError):
-    """The device asked for does not exist here (e.g. ``cuda`` without a GPU)."""
-
-
-def resolve_device(device: str | int | None) -> torch.device:
-    """The device to run on.
-
-    ``"auto"``/``None``: the first CUDA GPU if there is one, else the CPU. An ``int`` is a GPU
-    index used the same way (the server's ``--device`` is a GPU index): that GPU when CUDA is
-    available, else the CPU. ``"cpu"``, ``"cuda"``, ``"cuda:1"``: exactly that.
-
-    Raises:
-        TorchDeviceError: a CUDA device without CUDA, a GPU index beyond the GPUs there are, or
-            a name torch does not know.
-    """
-    cuda = torch.cuda.is_available()
-    if device is None or device == "auto":
-        return torch.device("cuda", 0) if cuda else torch.device("cpu")
-    if isinstance(device, int) or (isinstance(device, str) and device.isdigit()):
-        return _check_index(torch.device("cuda", int(device))) if cuda else torch.device("cpu")
-    try:
-        resolved = torch.device(str(device))
-    except RuntimeError as exc:
-        raise TorchDeviceError(
-            f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)"
-        ) from exc
-    if resolved.type == "cuda":
-        if not cuda:
-            raise TorchDeviceError(
-                f"device {device!r} asked for, but torch sees no CUDA GPU "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
-                "use device=cpu or auto"
-            )
-        return _check_index(torch.device("cuda", resolved.index or 0))
-    if resolved.type != "cpu":
-        raise TorchDeviceError(f"device {device!r}: only cpu and cuda are supported")
-    return resolved
-
-
-def _check_index(device: torch.device) -> torch.device:
-    count = torch.cuda.device_count()
-    if device.index is not None and device.index >= count:
-        raise TorchDeviceError(f"GPU {device.index} asked for, but this machine has {count}")
-    return device
+TorchDeviceError = DeviceError
+"""The device asked for does not exist here (e.g. ``cuda`` without a GPU): the error of
+:func:`detector.models.device.resolve_device`, the one device rule of training and serving."""
 
 
 class _Graph:
@@ -116,14 +72,13 @@ class _Graph:
 
 
 class TorchBackend:
-    """A :class:`serve.runtime.backends.base.Backend` over a checkpoint written by ``detector
-    train``
-    (or an official YOLOX ``.pth`` with ``model_name``).
+    """A :class:`serve.runtime.backends.base.Backend` over a checkpoint written by
+    ``detector train`` (or an official YOLOX ``.pth`` with ``model_name``).
 
     Args:
         path: the ``.pt``/``.pth`` checkpoint.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
-            or a GPU index (see :func:`resolve_device`).
+            or a GPU index (see :func:`detector.models.device.resolve_device`).
         half: run the network in float16 (default: on CUDA yes, on the CPU no).
         cuda_graphs: capture one CUDA graph per input shape and replay it (CUDA only).
         imgsz: input size ``N`` or ``(H, W)``, multiples of 32 (default: the checkpoint's).
@@ -166,22 +121,9 @@ class TorchBackend:
         self.cuda_graphs = bool(cuda_graphs)
         self.channels_last = (cuda or CPU_CHANNELS_LAST) if channels_last is None else channels_last
         try:
-            model, meta = model_from_checkpoint(self.path, name=model_name)
+            model, spec = load_inference_model(self.path, model_name, imgsz)
         except CheckpointError as exc:
             raise TorchModelError(str(exc)) from exc
-        size = as_size(imgsz) if imgsz else as_size(checkpoint_input_size(model, meta))
-        stride = max(model.strides)
-        if min(size) <= 0 or size[0] % stride or size[1] % stride:
-            raise TorchModelError(
-                f"{self.path}: input size must be positive multiples of {stride}, "
-                f"got {size[0]}x{size[1]}"
-            )
-        names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-        if len(names) != model.num_classes:
-            raise TorchModelError(
-                f"{self.path}: meta lists {len(names)} class names for a "
-                f"{model.num_classes}-class model"
-            )
         model = fuse_model(model.eval()).to(self.device)
         if self.half:
             model = model.half()
@@ -191,14 +133,14 @@ class TorchBackend:
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
         self.metadata: ModelMetadata = ModelMetadata(
-            model_name=model.name,
-            class_names=tuple(str(n) for n in names),
-            input_size=size,
+            model_name=spec.model_name,
+            class_names=spec.class_names,
+            input_size=spec.input_size,
             strides=tuple(int(s) for s in model.strides),
             precision="fp16" if self.half else "fp32",
             layout="raw",
             batch=None,
-            preprocess=PreprocessSpec(*size),
+            preprocess=spec.preprocess,
             extra={"device": str(self.device), "cuda_graphs": self.cuda_graphs},
         )
         self._graphs: dict[tuple[int, ...], _Graph] = {}
