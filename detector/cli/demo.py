@@ -24,7 +24,8 @@ from detector.core.defaults import EVAL_CONF, EVAL_IOU, MAX_DET, PREDICT_CONF, P
 STEPS = 7
 # The demo trains with the shipped defaults: nano's short-run rate (0.024 per 64 images) and
 # 3 no-aug epochs began as demo overrides (benchmarks/demo_accuracy.md) and are nano's own
-# short-run values since the recipe check of issue 13 (configs/models/yolox_nano.yaml).
+# short-run values since the recipe check (benchmarks/recipe_check.md,
+# configs/models/yolox_nano.yaml).
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -15,9 +15,9 @@ PREFERRED_PROVIDERS = (
     "CPUExecutionProvider",
 )
 
-# idle intra-op threads sleep instead of spin-waiting (ONNX Runtime's default "1"): measured
-# for the server at concurrency 16 on 2 shared cores (benchmarks/serve_throughput.md), spinning
-# gave 3.4 instead of 5.5 requests/s and 42 instead of 25 ms of CPU per request
+# idle intra-op threads sleep instead of spin-waiting (ONNX Runtime's default "1"): spinning
+# threads take the cores that other requests' decoding and the second lane need (measured in
+# benchmarks/serve_throughput.md, "ONNX Runtime intra-op spinning")
 INTRA_OP_SPINNING = "0"
 
 
