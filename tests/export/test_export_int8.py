@@ -15,13 +15,14 @@ from onnx import numpy_helper
 
 from detector.cli import export_int8 as cli_int8
 from detector.cli import main
+from detector.core.defaults import PREDICT_CONF
 from detector.core.preprocess import preprocess
 from detector.training.launch import train
 from export import int8
 from export.calib import CalibrationError, ImageCalibrationReader, calibration_images
 from export.onnx import export_onnx
 from serve.runtime.metadata import read_onnx_metadata
-from serve.runtime.predictor import Predictor
+from serve.runtime.predictor import Detections, Predictor
 
 # the memorising recipe of tests/training/test_engine_train.py, shortened
 RECIPE = ["batch=4", "imgsz=128", "workers=0", "plots=false", "device=cpu", "epochs=30",
@@ -29,6 +30,13 @@ RECIPE = ["batch=4", "imgsz=128", "workers=0", "plots=false", "device=cpu", "epo
           "augment.hsv_prob=0", "augment.flip_prob=0", "ema=false", "warmup_epochs=1",
           "no_aug_epochs=0"]  # fmt: skip
 CALIB_IMAGES = "16"
+# the float and INT8 models serve alike (test_int8_model_serves_like_the_float_one): of the
+# detections either serves, MIN_MATCHED have a same-class counterpart at IoU >= MATCH_IOU in the
+# other; median IoU and score gap of those counterparts
+MATCH_IOU = 0.5
+MIN_MATCHED = 0.85
+MIN_MEDIAN_IOU = 0.8
+MAX_MEDIAN_SCORE_GAP = 0.08
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +69,63 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _counterparts(
+    served: list[Detections], other: list[Detections]
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each detection of ``served`` scoring >= ``PREDICT_CONF``: the best IoU with a
+    same-class detection of ``other`` on the same image (0 without one) and its score gap."""
+    ious, gaps = [], []
+    for a, b in zip(served, other, strict=True):
+        for box, cls, score in zip(a.boxes, a.classes, a.scores):
+            if score < PREDICT_CONF:
+                continue
+            same = b.classes == cls
+            if not same.any():
+                ious.append(0.0)
+                gaps.append(1.0)
+                continue
+            overlap = _iou(box, b.boxes[same])
+            best = int(overlap.argmax())
+            ious.append(overlap[best])
+            gaps.append(abs(b.scores[same][best] - score))
+    return np.array(ious), np.array(gaps)
+
+
+def _disagreement(fp: list[Detections], q: list[Detections]) -> list[str]:
+    """How the INT8 detections ``q`` fail to serve like the float ones ``fp`` (empty: they
+    agree); see ``test_int8_model_serves_like_the_float_one``."""
+    problems = []
+    for name, (a, b) in {"float -> INT8": (fp, q), "INT8 -> float": (q, fp)}.items():
+        ious, gaps = _counterparts(a, b)
+        if not len(ious):
+            problems.append(f"{name}: no detection >= {PREDICT_CONF}")
+            continue
+        matched = float(np.mean(ious >= MATCH_IOU))
+        if matched < MIN_MATCHED:
+            problems.append(f"{name}: {matched:.2f} of {len(ious)} with a counterpart")
+        if np.median(ious) < MIN_MEDIAN_IOU:
+            problems.append(f"{name}: median IoU {np.median(ious):.3f}")
+        if np.median(gaps) > MAX_MEDIAN_SCORE_GAP:
+            problems.append(f"{name}: median score gap {np.median(gaps):.3f}")
+    return problems
+
+
+def _scale_activations(model: onnx.ModelProto, factor: float) -> None:
+    """Multiply the scale of every activation QuantizeLinear (shared by its DequantizeLinear)
+    by ``factor``, in place; the weights' scales are left alone."""
+    weights = {t.name for t in model.graph.initializer}
+    weight_scales = {
+        n.input[1]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in weights
+    }
+    scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    for tensor in model.graph.initializer:
+        if tensor.name in scales - weight_scales:
+            scaled = numpy_helper.to_array(tensor) * np.float32(factor)
+            tensor.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), tensor.name))
 
 
 def test_report_states_float_and_int8_map_and_the_drop(int8_run, capsys) -> None:
@@ -149,16 +214,47 @@ def test_int8_graph_parses_in_tensorrt(int8_run) -> None:
     assert_tensorrt_parsable(int8_run[0])
 
 
-def test_int8_model_serves_like_the_float_one(int8_run, float_onnx, memorise_data) -> None:
+def test_int8_model_serves_like_the_float_one(int8_run, float_onnx, memorise_data,
+                                             tmp_path) -> None:  # fmt: skip
+    """Over the training images, what is served (score >= ``PREDICT_CONF``) agrees: at least
+    85 % of each model's served detections have a same-class counterpart in the other at IoU >=
+    0.5, with a median IoU >= 0.8 and a median score gap <= 0.08; the same check fails on a copy
+    whose activation scales are halved.
+
+    Not the IoU of single detections (the former check: the three best of one image, IoU > 0.7,
+    failed on an Intel Xeon with AMX at 0.63). Measured on an AMD EPYC (Zen 4, AVX-512 VNNI, no
+    AMX), ONNX Runtime 1.32:
+
+    - No integer kernel runs: Q/DQ sit on the conv inputs only (TensorRT form), so ONNX Runtime
+      fuses no ``QLinearConv``; its optimised graph has 113 float ``Conv`` reading
+      ``DequantizeLinear`` outputs and no ``QLinearConv``/``ConvInteger``. MLAS's AMX, VNNI and
+      AVX2 u8s8 paths are never called: the rest is float arithmetic and element-wise Q/DQ.
+    - The model is trained by the machine that runs the test, and training amplifies float
+      rounding: the same seed with 1 or 2 torch threads ends with weights whose median relative
+      difference is 0.79. Another CPU (other oneDNN/MKL kernels, more threads) trains another
+      model. Of 11 models trained here (seeds, 1 or 2 threads) the former check fails on 2
+      (IoU 0.63 and 0.41).
+    - The INT8 boxes of this toy model move with 1-LSB changes: +-1 grey level of input noise,
+      or activation scales x (1 + 1e-4 to 1e-3), moves the IoU of a top-4 INT8 box with its
+      float box anywhere in 0.48-0.98 (the float box under the same noise stays >= 0.89).
+    - Over those 11 models: counterparts >= 0.90, median IoU >= 0.85, median score gap <=
+      0.05. One conv's weight scales x 2 gives a median IoU of 0.66-0.74 (6 models); all
+      activation scales x 0.5 leaves counterparts for <= 0.64 of the float detections.
+    """
     out, _ = int8_run
-    path = calibration_images(memorise_data, 1)[0]
-    image = cv2.imread(str(path))
-    fp = Predictor.from_path(float_onnx).predict([image], conf=0.01)[0]
-    q = Predictor.from_path(out).predict([image], conf=0.01)[0]
-    assert len(fp.scores) > 0
-    for box, cls in zip(fp.boxes[:3], fp.classes[:3]):  # its three best detections survive
-        same = q.boxes[q.classes == cls]
-        assert len(same) and _iou(box, same).max() > 0.7, (box, cls)
+    images = [cv2.imread(str(path)) for path in calibration_images(memorise_data)]
+    fp = Predictor.from_path(float_onnx).predict(images, conf=0.01)
+    served = sum(int((d.scores >= PREDICT_CONF).sum()) for d in fp)
+    assert served >= len(images) // 2, "the trained nano should detect its training images"
+    q = Predictor.from_path(out).predict(images, conf=0.01)
+    assert not _disagreement(fp, q)
+
+    broken = onnx.load(str(out))
+    _scale_activations(broken, 0.5)  # calibrated ranges halved: clipped activations
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    assert _disagreement(
+        fp, Predictor.from_path(tmp_path / "broken.onnx").predict(images, conf=0.01)
+    )
 
 
 def test_quantize_all_and_overrides(float_onnx, memorise_data, tmp_path) -> None:
