@@ -111,9 +111,6 @@ class ImageCalibrationReader(CalibrationDataReader):
         self._start, self._end = start_index, min(end_index, len(self.paths))
         self._next = self._start
 
-    def rewind(self) -> None:
-        self._next = self._start
-
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._next >= self._end:
             return None

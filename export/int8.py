@@ -237,13 +237,6 @@ def plan_quantization(
     )
 
 
-def op_counts(model: onnx.ModelProto, names: Iterable[str] | None = None) -> dict[str, int]:
-    """``{op_type: count}`` of the nodes named (all nodes when ``names`` is ``None``)."""
-    wanted = None if names is None else set(names)
-    counts = Counter(n.op_type for n in model.graph.node if wanted is None or n.name in wanted)
-    return dict(sorted(counts.items()))
-
-
 def quantized_op_counts(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
     """From a quantized graph: ``(computed on INT8, float)`` op counts. A node is "INT8" when
     one of its inputs comes from a ``DequantizeLinear`` (its weights or activations were

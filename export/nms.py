@@ -42,7 +42,6 @@ from torchvision.ops import batched_nms
 from detector.core.boxes import cxcywh_to_xyxy
 
 TENSORRT_TOPK_LIMIT = 3840  # TopK's K must be below this in TensorRT
-TENSORRT_NMS_BOX_LIMIT = 5000  # INMSLayer's TopK box limit (2000 on SM 5.3 / 6.2)
 
 
 class NonMaxSuppressionOp(torch.autograd.Function):

@@ -1,5 +1,5 @@
 """Label assignment: which anchors learn which ground-truth box."""
 
-from detector.assign.simota import Assignment, simota_assign, simota_assign_reference
+from detector.assign.simota import Assignment, simota_assign
 
-__all__ = ["Assignment", "simota_assign", "simota_assign_reference"]
+__all__ = ["Assignment", "simota_assign"]

@@ -14,9 +14,9 @@ Which anchors learn which ground-truth box. Per image, as YOLOX 0.3.0 defines it
 4. An anchor taken by several gts goes to the gt of lowest cost for it (over all gts).
 
 :func:`simota_assign` does this for a whole padded batch with tensor operations (no loop over
-images or boxes); :func:`simota_assign_reference` is the plain per-image version, kept to check it.
-Both run under ``torch.no_grad()`` in float32, never change their inputs, never move tensors
-between devices, and handle images without boxes (every anchor background).
+images or boxes; ``tests/assign/simota_reference.py`` holds the plain per-image version that
+checks it). It runs under ``torch.no_grad()`` in float32, never changes its inputs, never moves
+tensors between devices, and handles images without boxes (every anchor background).
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import Tensor
 
 from detector.core.boxes import box_area, xyxy_to_cxcywh
 
-__all__ = ["Assignment", "simota_assign", "simota_assign_reference"]
+__all__ = ["Assignment", "simota_assign"]
 
 COST_IOU_WEIGHT = 3.0
 """Weight of ``-log(IoU + 1e-8)`` in the matching cost."""
@@ -280,78 +278,3 @@ def simota_assign(
     iou = torch.zeros(batch, num_anchors, dtype=torch.float32, device=device)
     iou.scatter_(1, order, torch.where(fg_k, iou_k, torch.zeros_like(iou_k)))
     return Assignment(fg_mask=fg_mask, gt_index=gt_index, iou=iou, num_fg=int(fg_k.sum()))
-
-
-@torch.no_grad()
-def simota_assign_reference(
-    pred_boxes: Tensor,
-    cls_logits: Tensor,
-    obj_logits: Tensor,
-    anchor_centers: Tensor,
-    anchor_strides: Tensor,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    gt_mask: Tensor,
-    center_radius: float = 2.5,
-    topk: int = 10,
-) -> Assignment:
-    """Plain per-image SimOTA, written for reading, used in tests to check :func:`simota_assign`.
-
-    Same arguments and result as :func:`simota_assign`. Loops over images and boxes, works on the
-    candidate anchors only and computes the class cost with ``F.binary_cross_entropy``, as the
-    official YOLOX does.
-    """
-    _check_inputs(
-        pred_boxes,
-        cls_logits,
-        obj_logits,
-        anchor_centers,
-        anchor_strides,
-        gt_boxes,
-        gt_labels,
-        gt_mask,
-    )
-    batch, num_anchors = pred_boxes.shape[:2]
-    num_classes = cls_logits.shape[-1]
-    fg_mask = torch.zeros(batch, num_anchors, dtype=torch.bool, device=pred_boxes.device)
-    gt_index = torch.full_like(fg_mask, -1, dtype=torch.long)
-    matched_iou = torch.zeros_like(fg_mask, dtype=torch.float32)
-    for b in range(batch):
-        real = gt_mask[b].nonzero().squeeze(1)  # positions of real boxes among the M
-        if len(real) == 0:
-            continue
-        boxes = gt_boxes[b, real].float()  # [G, 4]
-        labels = gt_labels[b, real].long()  # [G]
-        in_box, in_center = _center_prior(
-            anchor_centers.float(), anchor_strides.float(), boxes, center_radius
-        )  # [G, N]
-        cand = (in_box | in_center).any(dim=0).nonzero().squeeze(1)  # [K]
-        if len(cand) == 0:
-            continue
-        ious = torchvision.ops.box_iou(boxes, pred_boxes[b, cand].float())  # [G, K]
-        score = (
-            cls_logits[b, cand].float().sigmoid() * obj_logits[b, cand, None].float().sigmoid()
-        ).sqrt()  # [K, C]
-        onehot = F.one_hot(labels, num_classes).float()  # [G, C]
-        cls_cost = F.binary_cross_entropy(
-            score[None].expand(len(real), -1, -1),
-            onehot[:, None].expand(-1, len(cand), -1),
-            reduction="none",
-        ).sum(-1)  # [G, K]
-        outside = ~(in_box[:, cand] & in_center[:, cand])
-        cost = cls_cost + COST_IOU_WEIGHT * -torch.log(ious + IOU_EPS) + OUTSIDE_PENALTY * outside
-
-        matching = torch.zeros_like(cost, dtype=torch.bool)  # [G, K]
-        top_ious = ious.topk(min(topk, len(cand)), dim=1).values
-        for g in range(len(real)):
-            k = max(1, int(top_ious[g].sum()))
-            matching[g, cost[g].topk(k, largest=False).indices] = True
-        for j in range(len(cand)):
-            takers = matching[:, j].nonzero().squeeze(1)
-            if len(takers) == 0:
-                continue
-            g = int(cost[:, j].argmin()) if len(takers) > 1 else int(takers[0])
-            fg_mask[b, cand[j]] = True
-            gt_index[b, cand[j]] = real[g]
-            matched_iou[b, cand[j]] = ious[g, j]
-    return Assignment(fg_mask, gt_index, matched_iou, int(fg_mask.sum()))

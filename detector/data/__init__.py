@@ -9,7 +9,6 @@ from detector.data.loader import (
     TrainLoader,
     build_eval_loader,
     build_train_loader,
-    random_input_size,
     resize_batch,
 )
 from detector.data.targets import DataError, Sample
@@ -27,6 +26,5 @@ __all__ = [
     "build_eval_loader",
     "build_train_loader",
     "load_data_config",
-    "random_input_size",
     "resize_batch",
 ]

@@ -250,12 +250,6 @@ def build_train_loader(
 
 
 # ----------------------------------------------------------------------------- multi-scale
-def random_input_size(rng: np.random.Generator, base: int, range_: int) -> int:
-    """YOLOX multi-scale: a multiple of 32 within ``base`` +- ``range_`` x 32 (at least 32)."""
-    step = base // 32
-    return 32 * max(1, int(rng.integers(step - range_, step + range_ + 1)))
-
-
 def resize_batch(batch: TrainBatch, size: int | tuple[int, int]) -> TrainBatch:
     """Resize a batch's images (bilinear, float32 out) to ``size``, scaling its boxes to match."""
     height, width = as_size(size)

@@ -14,6 +14,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# the one device rule (also the serving runtime's); the trainer calls it as dist.resolve_device
+from detector.models.device import resolve_device as resolve_device
+
 
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -69,22 +72,3 @@ def all_gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def cleanup() -> None:
-    if is_distributed():
-        dist.destroy_process_group()
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this process's GPU if any (``LOCAL_RANK`` under torchrun), else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' asked for, but no CUDA GPU is available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device

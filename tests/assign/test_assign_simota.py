@@ -7,8 +7,9 @@ import math
 
 import pytest
 import torch
+from simota_reference import simota_assign_reference
 
-from detector.assign import Assignment, simota_assign, simota_assign_reference
+from detector.assign import Assignment, simota_assign
 from detector.models.decode import make_grid
 
 STRIDES = (8, 16, 32)
