@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+
+from detector.core.console import is_terminal
 
 
 def _names(text: str) -> list[str]:
@@ -89,10 +92,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _progress(label: str):
+def _progress(label: str, interval_s: float = 30.0):
+    """Progress of calibration or evaluation: redrawn in place on a terminal, else a line every
+    ``interval_s`` seconds and one at the end (CI, ``docker logs``)."""
+    terminal = is_terminal(sys.stderr)
+    last = [time.monotonic()]
+
     def show(done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        print(f"\r{label}: {done}/{total} images", end=end, file=sys.stderr, flush=True)
+        if terminal:
+            end = "\n" if done >= total else ""
+            print(f"\r{label}: {done}/{total} images", end=end, file=sys.stderr, flush=True)
+        elif done >= total or time.monotonic() - last[0] >= interval_s:
+            last[0] = time.monotonic()
+            print(f"{label}: {done}/{total} images", file=sys.stderr, flush=True)
 
     return show
 

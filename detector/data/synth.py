@@ -6,7 +6,7 @@ rectangles (green), triangles (blue), rings (yellow) and crosses (magenta). Obje
 (8-300 px, never beyond 60 % of the image's short side), aspect, rotation and colour, may leave
 the frame, and overlap: a new object may hide at most ``max_occlusion`` of an earlier one.
 With ``lookalike`` every object is the same kind of pale card in any colour and its class is
-only the small dark symbol printed on it (fine-grained classes, as in issue 13's phone photos).
+only the small dark symbol printed on it (fine-grained classes, as in photos of similar products).
 Everything is drawn from ``numpy.random.default_rng([seed, i])``, so a seed gives the same files.
 """
 

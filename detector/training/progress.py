@@ -10,7 +10,6 @@ bar would write to (``sys.stderr`` by default): :func:`is_terminal`.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,32 +17,12 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from detector.core.console import is_terminal
+
 logger = logging.getLogger(__name__)
 
 LOG_INTERVAL_S = 30.0
 """Seconds between two progress lines within an epoch when the output is not a terminal."""
-
-
-def is_terminal(stream: object) -> bool:
-    """Whether ``stream`` is an interactive terminal someone watches.
-
-    False for files, pipes and closed streams, and for a terminal of no size (0 columns or 0
-    rows, where a bar draws nothing): the pseudo terminal of a detached ``docker run -t`` (what
-    ``docker logs`` shows) or of ``script``.
-    """
-    isatty, fileno = getattr(stream, "isatty", None), getattr(stream, "fileno", None)
-    try:
-        if isatty is None or not isatty():
-            return False
-    except (ValueError, OSError):  # closed
-        return False
-    if fileno is None:
-        return True  # a terminal without a descriptor to measure
-    try:
-        size = os.get_terminal_size(fileno())
-    except (ValueError, OSError):  # e.g. io.UnsupportedOperation
-        return True
-    return size.columns > 0 and size.lines > 0
 
 
 class EpochProgress:

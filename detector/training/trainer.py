@@ -28,7 +28,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
 from detector.core.config import to_mapping
-from detector.core.preprocess import PreprocessSpec
 from detector.data import (
     build_dataset,
     build_train_loader,
@@ -36,7 +35,7 @@ from detector.data import (
     resize_batch,
 )
 from detector.losses import YOLOXLoss
-from detector.models import build_model, get_model_config, load_checkpoint
+from detector.models import build_model, checkpoint_meta, get_model_config, load_checkpoint
 from detector.training import distributed as dist
 from detector.training.checkpoint import restore_rng_state, rng_state, save_atomic
 from detector.training.config import TrainConfig
@@ -346,14 +345,7 @@ class Trainer:
         return f"{_loss_terms(losses)} lr {lr:.2e} {rate:.1f} img/s ETA {_format_duration(eta)}"
 
     def _meta(self) -> dict[str, Any]:
-        spec = PreprocessSpec(self.imgsz, self.imgsz)
-        return {
-            "model_name": self.model_name,
-            "num_classes": len(self.class_names),
-            "class_names": self.class_names,
-            "input_size": [self.imgsz, self.imgsz],
-            "preprocess": spec.to_dict(),
-        }
+        return checkpoint_meta(self.model_name, self.class_names, self.imgsz)
 
     def _run_record(self) -> dict[str, Any]:
         return {
