@@ -11,7 +11,10 @@ The two lines differ in how precision is chosen (see ``export/TENSORRT.md`` for 
 
 Which line is installed is read from ``tensorrt.__version__`` (:func:`plan_build`), never
 assumed. The engine file is the raw serialized plan (what ``trtexec --loadEngine`` and Triton
-load); its metadata goes to the ``M.engine.json`` sidecar (:mod:`serve.runtime.metadata`).
+load); its metadata goes to the ``M.engine.json`` sidecar (:mod:`serve.runtime.metadata`),
+written atomically after the engine and recording the engine's SHA-256, so the runner refuses an
+engine that is not the one its sidecar describes. A ``--version-compatible`` engine embeds host
+code; the runner loads one only when the operator allows it (``--allow-engine-host-code``).
 
 Nothing in this module has run on a GPU in this repository's CI (no GPU there); the GPU tests in
 ``tests/export/test_export_engine.py`` run it where TensorRT and a GPU exist.
@@ -268,7 +271,8 @@ def build_engine(
     timing_cache: str | Path | None = None,
     version_compatible: bool = False,
 ) -> Path:
-    """Build ``out`` (raw TensorRT plan) and ``out.json`` (metadata sidecar) from ``onnx_path``.
+    """Build ``out`` (raw TensorRT plan) and ``out.json`` (metadata sidecar, with the plan's
+    SHA-256) from ``onnx_path``; both are written atomically, the engine first.
 
     Args:
         onnx_path: an ONNX written by ``detector export onnx`` / ``export int8``.
@@ -278,7 +282,8 @@ def build_engine(
             ONNX only; a fixed-batch ONNX gives its own batch).
         workspace_gib: builder workspace memory pool limit, GiB.
         timing_cache: file to load the timing cache from (if it exists) and save it to.
-        version_compatible: build a version-compatible plan (runs on later TensorRT too).
+        version_compatible: build a version-compatible plan (runs on later TensorRT too; it
+            embeds host code, so serving it needs ``--allow-engine-host-code``).
 
     Returns:
         ``out``.
@@ -436,16 +441,23 @@ class Comparison:
 
 
 def compare_with_onnx(
-    engine_path: str | Path, onnx_path: str | Path, batch: int = 1, seed: int = 0
+    engine_path: str | Path,
+    onnx_path: str | Path,
+    batch: int = 1,
+    seed: int = 0,
+    allow_host_code: bool = False,
 ) -> Comparison:
     """Run the engine (through the serving runner) and its ONNX (ONNX Runtime, CPU) on the same
-    ``[batch, 3, H, W]`` input of smooth random images and compare their outputs."""
+    ``[batch, 3, H, W]`` input of smooth random images and compare their outputs.
+
+    ``allow_host_code`` is the runner's: a version-compatible engine loads only with it (the
+    caller that just built one with ``version_compatible=True`` may pass that)."""
     import numpy as np
 
     from serve.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from serve.runtime.backends.tensorrt import TensorRTBackend
 
-    engine = TensorRTBackend(engine_path)
+    engine = TensorRTBackend(engine_path, allow_host_code=allow_host_code)
     reference = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])
     try:
         height, width = engine.metadata.input_size

@@ -8,7 +8,10 @@ input pixels, ``scores [B, K]``, ``classes [B, K]``), its precision and its NMS 
 Storage:
 - ONNX: one ``metadata_props`` entry, key :data:`ONNX_KEY`, whose value is the JSON object.
 - TensorRT engines: a JSON sidecar ``M.engine.json`` beside the raw plan (Triton and trtexec load
-  the plan as it is).
+  the plan as it is). The sidecar records the plan's SHA-256 (``extra["engine_sha256"]``), so an
+  engine swapped or rebuilt without its sidecar (or torn by a copy) is refused by
+  :func:`check_engine_digest` instead of being run with another engine's metadata. It is written
+  atomically, after the engine.
 
 It lives in ``serve`` because the runtime reads it and imports point ``export`` -> ``serve``;
 export writes it. This module imports neither torch nor TensorRT: reading metadata works in a
@@ -17,11 +20,13 @@ torch-free serving install (with ``onnx`` or, failing that, ``onnxruntime``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from detector.core.atomic import write_atomic
 from detector.core.preprocess import PreprocessSpec
 
 ONNX_KEY = "detector"
@@ -31,10 +36,16 @@ PRECISIONS = ("fp32", "fp16", "int8")
 NMS_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
 RAW_OUTPUT = "output"
 INPUT_NAME = "images"
+ENGINE_DIGEST_KEY = "engine_sha256"  # in a sidecar's ``extra``: the plan file's SHA-256, hex
+HASH_CHUNK_BYTES = 1 << 20
 
 
 class MetadataError(ValueError):
     """An artefact's metadata is missing or malformed; the message names the file."""
+
+
+class EngineDigestError(MetadataError):
+    """An engine file is not the one its sidecar describes; the message names both files."""
 
 
 @dataclass(frozen=True)
@@ -185,15 +196,48 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, hex, read in chunks of :data:`HASH_CHUNK_BYTES`."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_hashed(path: str | Path) -> tuple[bytearray, str]:
+    """A file's bytes and their SHA-256 (hex), from one pass over it in chunks: what is checked
+    is exactly what the caller goes on to use, even if the file is replaced meanwhile."""
+    digest, data = hashlib.sha256(), bytearray()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            data += chunk
+    return data, digest.hexdigest()
+
+
 def write_sidecar(engine_path: str | Path, metadata: ModelMetadata) -> Path:
-    """Write ``M.engine.json`` beside an engine; returns its path."""
+    """Write ``M.engine.json`` beside an engine (which must be written first), atomically and
+    with the engine's SHA-256 in ``extra["engine_sha256"]``; returns its path.
+
+    Raises:
+        MetadataError: there is no engine file at ``engine_path``.
+    """
+    engine_path = Path(engine_path)
+    if not engine_path.is_file():
+        raise MetadataError(
+            f"{engine_path}: no engine file to describe; write it before its sidecar"
+        )
+    metadata = metadata.with_updates(extra={ENGINE_DIGEST_KEY: file_sha256(engine_path)})
     path = sidecar_path(engine_path)
-    path.write_text(json.dumps(metadata.to_dict(), indent=2, sort_keys=True) + "\n")
+    text = json.dumps(metadata.to_dict(), indent=2, sort_keys=True) + "\n"
+    write_atomic(path, text.encode())
     return path
 
 
 def read_sidecar(engine_path: str | Path) -> ModelMetadata:
-    """The metadata of an engine, from its JSON sidecar."""
+    """The metadata of an engine, from its JSON sidecar (the engine's digest is not checked
+    here: :func:`check_engine_digest` does that, for what is about to run)."""
     path = sidecar_path(engine_path)
     if not path.is_file():
         raise MetadataError(
@@ -201,3 +245,27 @@ def read_sidecar(engine_path: str | Path) -> ModelMetadata:
             "'detector export engine' have one"
         )
     return ModelMetadata.from_json(path.read_text(), str(path))
+
+
+def check_engine_digest(engine_path: str | Path, metadata: ModelMetadata, digest: str) -> None:
+    """Refuse an engine whose SHA-256 (``digest``, hex) is not the one its sidecar records.
+
+    Raises:
+        EngineDigestError: naming the engine and the sidecar: the sidecar records no digest
+            (written before digests were recorded, or not by us), or another one (the engine
+            was replaced, rebuilt or torn without its sidecar).
+    """
+    sidecar = sidecar_path(engine_path)
+    recorded = metadata.extra.get(ENGINE_DIGEST_KEY)
+    rebuild = "rebuild both with 'detector export engine'"
+    if not recorded:
+        raise EngineDigestError(
+            f"{engine_path}: its sidecar {sidecar} records no engine SHA-256, so nothing ties "
+            f"it to this engine; {rebuild}"
+        )
+    if str(recorded).lower() != digest.lower():
+        raise EngineDigestError(
+            f"{engine_path} is not the engine its sidecar {sidecar} describes: the engine's "
+            f"SHA-256 is {digest}, the sidecar records {recorded} (the engine was replaced, "
+            f"rebuilt or truncated without its sidecar); {rebuild}, or copy them together"
+        )

@@ -292,6 +292,48 @@ def test_tensorrt_code_type_checks_against_tensorrt_stubs(tmp_path):
     assert any('"type[Builder]" has no attribute "no_such_method"' in x for x in lines), run.stdout
 
 
+# --- the artefacts: engine first, then its sidecar with the engine's SHA-256 -------------------
+
+
+def test_build_writes_the_engine_then_a_sidecar_that_pins_it(tmp_path, monkeypatch):
+    """The whole of build_engine but the TensorRT calls (stood in for): the engine is written
+    before its sidecar, both atomically, and the sidecar records the engine's SHA-256, which
+    the runner's check accepts for this engine and refuses for any other bytes."""
+    import hashlib
+
+    from detector.core import atomic
+    from export import engine as engine_module
+    from serve.runtime.backends.tensorrt import GpuInfo
+    from serve.runtime.metadata import (
+        ENGINE_DIGEST_KEY,
+        EngineDigestError,
+        check_engine_digest,
+        file_sha256,
+        read_sidecar,
+    )
+
+    plan = b"\x00stand-in plan\xff" * 4096
+    monkeypatch.setattr(engine_module, "require_tensorrt", lambda: "10.3.0.30")
+    monkeypatch.setattr(engine_module, "gpu_info", lambda device: GpuInfo("Orin", "8.7"))
+    monkeypatch.setattr(engine_module, "_build", lambda *args: plan)
+    renames: list[str] = []
+    real_replace = atomic.os.replace
+    monkeypatch.setattr(
+        atomic.os,
+        "replace",
+        lambda src, dst: (renames.append(Path(dst).name), real_replace(src, dst)),
+    )
+    onnx_path = small_onnx(tmp_path / "m.onnx", batch=None)
+    out = build_engine(onnx_path, tmp_path / "m.engine", max_batch=2)
+    assert renames == ["m.engine", "m.engine.json"]  # the engine, then what describes it
+    metadata = read_sidecar(out)
+    assert metadata.extra[ENGINE_DIGEST_KEY] == hashlib.sha256(plan).hexdigest() == file_sha256(out)
+    check_engine_digest(out, metadata, file_sha256(out))
+    (tmp_path / "other.engine").write_bytes(plan[:-1])  # a torn copy
+    with pytest.raises(EngineDigestError, match=r"m\.engine is not the engine its sidecar"):
+        check_engine_digest(out, metadata, file_sha256(tmp_path / "other.engine"))
+
+
 # --- GPU: real builds compared with ONNX Runtime ----------------------------------------------
 
 
@@ -361,3 +403,18 @@ def test_nms_engine_detections_match_onnx_runtime(nano_ckpt, tmp_path):
     engine = build_engine(onnx_path, tmp_path / "nms.engine", max_batch=3)
     for batch in (1, 3):
         assert compare_with_onnx(engine, onnx_path, batch=batch).ok
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_version_compatible_engine_runs_only_when_host_code_is_allowed(nano_onnx_files, tmp_path):
+    """A version-compatible plan embeds host code: without the serve-time permission the runner
+    refuses it naming the flag; with it, it loads and matches ONNX Runtime."""
+    from export.engine import compare_with_onnx
+    from serve.runtime.backends.tensorrt import EngineRunError, TensorRTBackend
+
+    onnx_path = nano_onnx_files["fp32"]
+    engine = build_engine(onnx_path, tmp_path / "vc.engine", version_compatible=True)
+    with pytest.raises(EngineRunError, match="--allow-engine-host-code"):
+        TensorRTBackend(engine)
+    assert compare_with_onnx(engine, onnx_path, allow_host_code=True).ok

@@ -1,4 +1,5 @@
-"""The TensorRT runner: torch-free import, the engine/machine mismatch check, clear errors (CPU);
+"""The TensorRT runner: torch-free import, the engine/machine mismatch check, the engine-sidecar
+digest and the host-code permission (both checked before TensorRT is needed), clear errors (CPU);
 dynamic batch and the profile limits on a real engine (GPU, skipped without TensorRT and a GPU;
 never run in this repository's CI)."""
 
@@ -13,17 +14,27 @@ import numpy as np
 import pytest
 
 from serve.runtime.backends.tensorrt import (
+    HOST_CODE_FLAG,
     EngineMismatchError,
     EngineRunError,
     GpuInfo,
     TensorRTBackend,
     TensorRTUnavailable,
     check_engine_runs_here,
+    check_host_code_allowed,
     engine_mismatch,
     rebuild_command,
     unavailable_reason,
 )
-from serve.runtime.metadata import MetadataError, ModelMetadata, write_sidecar
+from serve.runtime.metadata import (
+    ENGINE_DIGEST_KEY,
+    EngineDigestError,
+    MetadataError,
+    ModelMetadata,
+    file_sha256,
+    sidecar_path,
+    write_sidecar,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ORIN = GpuInfo(name="Orin", compute_capability="8.7")
@@ -115,6 +126,69 @@ def test_missing_engine_or_sidecar_names_the_file(tmp_path):
         TensorRTBackend(engine)
 
 
+def _engine_pair(folder: Path, plan: bytes = b"plan " * 1000, **extra) -> Path:
+    engine = folder / "m.engine"
+    engine.write_bytes(plan)
+    write_sidecar(engine, _metadata(**{**BUILT, **extra}))
+    return engine
+
+
+def _past_our_checks(engine: Path, **options) -> None:
+    """Construct the runner and expect it to stop only where TensorRT itself is needed (so our
+    own checks passed); on a machine with TensorRT and a GPU, the stand-in plan fails later."""
+    with pytest.raises((TensorRTUnavailable, EngineRunError)) as caught:
+        TensorRTBackend(engine, **options)
+    if isinstance(caught.value, EngineRunError):
+        assert "could not deserialize" in str(caught.value)
+
+
+def test_sidecar_records_the_engine_digest(tmp_path):
+    engine = _engine_pair(tmp_path)
+    data = json.loads(sidecar_path(engine).read_text())
+    assert data["extra"][ENGINE_DIGEST_KEY] == file_sha256(engine)
+    assert len(file_sha256(engine)) == 64
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries
+    with pytest.raises(MetadataError, match="write it before its sidecar"):
+        write_sidecar(tmp_path / "unbuilt.engine", _metadata(**BUILT))
+
+
+@pytest.mark.parametrize("swap", ["other engine", "torn copy", "appended"])
+def test_an_engine_that_is_not_its_sidecars_is_refused_naming_both(tmp_path, swap):
+    engine = _engine_pair(tmp_path)
+    plan = engine.read_bytes()
+    engine.write_bytes(
+        {"other engine": b"another plan " * 400, "torn copy": plan[: len(plan) // 2],
+         "appended": plan + b"\x00"}[swap]
+    )  # fmt: skip
+    with pytest.raises(EngineDigestError) as caught:
+        TensorRTBackend(engine, allow_host_code=True)
+    message = str(caught.value)
+    assert f"{engine} is not the engine its sidecar {sidecar_path(engine)} describes" in message
+    assert file_sha256(engine) in message
+
+
+def test_a_sidecar_without_a_digest_is_refused(tmp_path):
+    engine = _engine_pair(tmp_path)
+    data = json.loads(sidecar_path(engine).read_text())
+    del data["extra"][ENGINE_DIGEST_KEY]
+    sidecar_path(engine).write_text(json.dumps(data))
+    with pytest.raises(EngineDigestError, match="records no engine SHA-256"):
+        TensorRTBackend(engine)
+
+
+def test_version_compatible_engine_needs_the_serve_time_flag(tmp_path):
+    engine = _engine_pair(tmp_path, version_compatible=True)
+    with pytest.raises(EngineRunError) as caught:
+        TensorRTBackend(engine)  # the sidecar says version-compatible: not enough on its own
+    assert HOST_CODE_FLAG == "--allow-engine-host-code"
+    assert HOST_CODE_FLAG in str(caught.value) and str(engine) in str(caught.value)
+    _past_our_checks(engine, allow_host_code=True)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    _past_our_checks(_engine_pair(plain, version_compatible=False))  # no host code: no flag
+    check_host_code_allowed("x.engine", _metadata(**BUILT), allow_host_code=False)
+
+
 @pytest.mark.skipif(GPU_SKIP is None, reason="TensorRT and a GPU are installed here")
 def test_without_tensorrt_or_gpu_construction_says_which(tmp_path):
     from serve.runtime.predictor import load_backend
@@ -166,3 +240,27 @@ def test_runner_dynamic_batch_and_profile_limits(serve_onnx, tmp_path):
     sidecar.write_text(json.dumps(data))
     with pytest.raises(EngineMismatchError, match="Rebuild it on this device: detector export"):
         TensorRTBackend(engine_path)
+    engine_path.write_bytes(engine_path.read_bytes()[:-16])  # torn: never handed to TensorRT
+    with pytest.raises(EngineDigestError, match="is not the engine its sidecar"):
+        TensorRTBackend(engine_path)
+
+
+def test_the_server_passes_the_operators_choice_to_the_runner(tmp_path):
+    """``serve --allow-engine-host-code`` (or its variable) reaches the runner; without it a
+    version-compatible engine stops the server at load time with the flag's name."""
+    from detector.cli import build_parser
+    from detector.cli.serve import settings_from_args
+    from serve.state import load_predictor
+
+    engine = _engine_pair(tmp_path, version_compatible=True)
+    parser = build_parser("serve")
+    refused = settings_from_args(parser.parse_args(["serve", "--model", str(engine)]))
+    with pytest.raises(EngineRunError, match=HOST_CODE_FLAG):
+        load_predictor(refused)
+    allowed = settings_from_args(
+        parser.parse_args(["serve", "--model", str(engine), HOST_CODE_FLAG])
+    )
+    assert allowed.allow_engine_host_code is True
+    with pytest.raises((TensorRTUnavailable, EngineRunError)) as caught:
+        load_predictor(allowed)
+    assert HOST_CODE_FLAG not in str(caught.value)  # past the permission check

@@ -10,9 +10,17 @@ The engine API used here is the named-tensor API of TensorRT 10.x, unchanged in 
 ``Runtime.deserialize_cuda_engine``, ``ICudaEngine.num_io_tensors`` / ``get_tensor_name`` /
 ``get_tensor_mode`` / ``get_tensor_dtype`` / ``get_tensor_profile_shape``,
 ``IExecutionContext.set_input_shape`` / ``get_tensor_shape`` / ``set_tensor_address`` /
-``execute_async_v3``. See ``export/TENSORRT.md`` for the sources. None of it has run on a GPU
-in this repository's CI; the GPU tests (``tests/serve/test_serve_tensorrt.py``) run it where a
-GPU and TensorRT exist.
+``execute_async_v3``, and ``IRuntime.engine_host_code_allowed``. See ``export/TENSORRT.md`` for
+the sources.
+
+Before anything is deserialised, the plan's SHA-256 must be the one its sidecar records (the
+bytes checked are the bytes deserialised), and a version-compatible plan, which embeds host
+code that TensorRT runs in this process, loads only when the operator allowed that at serve
+time (``allow_host_code``, from ``--allow-engine-host-code``): never because a sidecar says so.
+
+None of the TensorRT calls has run on a GPU in this repository's CI; the GPU tests
+(``tests/serve/test_serve_tensorrt.py``) run them where a GPU and TensorRT exist. The digest and
+host-code checks run before TensorRT is imported and are tested on the CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from serve.runtime.metadata import INPUT_NAME, ModelMetadata, read_sidecar
+from serve.runtime.metadata import (
+    INPUT_NAME,
+    ModelMetadata,
+    check_engine_digest,
+    read_hashed,
+    read_sidecar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +75,32 @@ class EngineMismatchError(ValueError):
 
 class EngineRunError(ValueError):
     """An engine cannot be loaded or run with the given input (the message names the file)."""
+
+
+HOST_CODE_FLAG = "--allow-engine-host-code"
+HOST_CODE_VARIABLE = "DETECTOR_ALLOW_ENGINE_HOST_CODE"
+
+
+def check_host_code_allowed(
+    engine_path: str | Path, metadata: ModelMetadata, allow_host_code: bool
+) -> None:
+    """Refuse a version-compatible engine unless the operator allowed engine host code.
+
+    A version-compatible plan carries the TensorRT lean runtime as host code, which TensorRT
+    runs in this process when it deserialises the plan: whoever can write the engine file could
+    run code in the server. So loading one is the operator's decision at serve time, never the
+    sidecar's (a sidecar can be forged along with its engine).
+
+    Raises:
+        EngineRunError: naming the engine, the flag and the variable that allow it.
+    """
+    if metadata.extra.get("version_compatible") and not allow_host_code:
+        raise EngineRunError(
+            f"{engine_path} is a version-compatible engine: it embeds host code that TensorRT "
+            f"would run inside this server. Serve it only if you trust whoever can write that "
+            f"file, by passing {HOST_CODE_FLAG} (or {HOST_CODE_VARIABLE}=true); or rebuild "
+            "it without --version-compatible on this device"
+        )
 
 
 @dataclass(frozen=True)
@@ -258,19 +298,27 @@ class TensorRTBackend:
         path: the raw plan written by ``detector export engine`` (``M.engine``), with its
             ``M.engine.json`` sidecar beside it.
         device: CUDA device index.
+        allow_host_code: let a version-compatible engine (one that embeds host code) load; the
+            operator's choice (``--allow-engine-host-code``), off by default.
 
-    Device buffers are allocated once for the largest batch of the engine's optimisation
-    profile; :meth:`infer` takes any batch inside the profile. One execution context and one
-    set of buffers serve all calls, so :meth:`infer` holds a lock (server threads queue).
+    Before TensorRT is touched, the engine file's SHA-256 is checked against its sidecar's and
+    a version-compatible engine is refused without ``allow_host_code``. Device buffers are
+    allocated once for the largest batch of the engine's optimisation profile; :meth:`infer`
+    takes any batch inside the profile. One execution context and one set of buffers serve all
+    calls, so :meth:`infer` holds a lock (server threads queue).
     """
 
     name = "tensorrt"
 
-    def __init__(self, path: str | Path, device: int = 0) -> None:
+    def __init__(self, path: str | Path, device: int = 0, allow_host_code: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise EngineRunError(f"{self.path}: no such engine file")
         self.metadata: ModelMetadata = read_sidecar(self.path)
+        plan, digest = read_hashed(self.path)  # these bytes, checked, are what gets deserialised
+        check_engine_digest(self.path, self.metadata, digest)
+        check_host_code_allowed(self.path, self.metadata, allow_host_code)
+        self.allow_host_code = allow_host_code
         trt_version = require_tensorrt()
         self._cudart = cuda_runtime()
         self.gpu = gpu_info(device)
@@ -280,17 +328,19 @@ class TensorRTBackend:
         self._lock = threading.Lock()
         self.device = device
         cuda_check(self._cudart.cudaSetDevice(device), "cudaSetDevice")
-        self._load(trt_version)
+        self._load(trt_version, plan)
 
-    def _load(self, trt_version: str) -> None:
+    def _load(self, trt_version: str, plan: bytearray) -> None:
         import tensorrt as trt
 
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        if self.metadata.extra.get("version_compatible"):
-            # version-compatible plans embed the lean runtime (host code); we built it ourselves
-            self._runtime.engine_host_code_allowed = True
-        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        # off by default in TensorRT; on only by the operator's choice (check_host_code_allowed)
+        self._runtime.engine_host_code_allowed = bool(
+            self.allow_host_code and self.metadata.extra.get("version_compatible")
+        )
+        engine = self._runtime.deserialize_cuda_engine(plan)
+        del plan
         if engine is None:
             raise EngineRunError(
                 f"{self.path}: TensorRT {trt_version} could not deserialize it (corrupt, "
