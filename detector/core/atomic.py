@@ -2,7 +2,10 @@
 
 The data goes to a temporary file in the destination's folder, is flushed to disk, then renamed
 over the destination (``os.replace`` is atomic on POSIX): a reader sees the previous file or the
-new one, never half of one. The file gets the permissions any new file of this process gets
+new one, never half of one. The folder is then flushed too (``fsync`` of the directory), so that
+after a power cut the rename itself is not lost: a file written after this one (an engine's
+sidecar after the engine, ``last.pt`` after ``best.pt``) is never on disk while this one is
+not. The file gets the permissions any new file of this process gets
 (``0o666`` less the umask: ``0644`` normally), not the ``0600`` that ``mkstemp`` gives, so
 teammates on a shared disk can read checkpoints, ONNX models and engines alike. Checkpoints,
 exported ONNX files and TensorRT engines are all written through :func:`atomic_writer`.
@@ -32,11 +35,28 @@ def current_umask() -> int:
     return mask
 
 
+def fsync_directory(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be
+    opened or synced (Windows, some network file systems)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # EINVAL/ENOTSUP: this file system does not sync folders
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """A binary handle whose content replaces ``path`` only when the ``with`` block ends
     without an exception; on an exception (or a kill) ``path`` is untouched and the temporary
-    file is removed (or, after a kill, left as a hidden ``.NAME.*.tmp`` beside it)."""
+    file is removed (or, after a kill, left as a hidden ``.NAME.*.tmp`` beside it). The data is
+    fsynced before the rename and the folder after it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,6 +70,7 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
 
 
 def write_atomic(path: str | Path, data: bytes | memoryview) -> Path:
