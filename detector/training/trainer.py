@@ -5,6 +5,12 @@ one epoch (learning rate per iteration, multi-scale input, loss, step, EMA), eva
 weights every ``eval_interval`` epochs, write ``last.pt``/``best.pt`` atomically, append a row to
 ``metrics.csv`` and redraw the plots. A resumed run starts at the first epoch its checkpoint had not
 finished, in the right phase, with the optimizer, EMA, scaler and random states it had.
+
+``best.pt`` and ``best_map`` stay consistent whatever moment a kill comes at: at an epoch's end
+``best_map`` is raised first, then ``best.pt`` is written, then ``last.pt`` (which records that
+``best_map``). A kill between the two writes leaves a ``best.pt`` newer than ``last.pt``, so a
+resume takes ``best_map`` from ``best.pt`` when it is higher than ``last.pt``'s: a re-run epoch
+that scores less never replaces the better model.
 """
 
 from __future__ import annotations
@@ -35,7 +41,14 @@ from detector.data import (
     resize_batch,
 )
 from detector.losses import YOLOXLoss
-from detector.models import build_model, checkpoint_meta, get_model_config, load_checkpoint
+from detector.models import (
+    CheckpointError,
+    build_model,
+    checkpoint_meta,
+    get_model_config,
+    load_checkpoint,
+    read_checkpoint,
+)
 from detector.training import distributed as dist
 from detector.training.checkpoint import restore_rng_state, rng_state, save_atomic
 from detector.training.config import TrainConfig
@@ -152,6 +165,8 @@ class Trainer:
         if self.is_main:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self._run_record()))
+            if resume is not None:
+                self._take_best_map_from_best_pt()
         self.no_aug_start = max(config.epochs - config.no_aug_epochs, 0)
         self.loader = self._build_loader(mosaic=self.state.epoch < self.no_aug_start)
         self.iters_per_epoch = len(self.loader)
@@ -390,16 +405,39 @@ class Trainer:
         restore_rng_state(ckpt.get("rng", {}))
         logger.info("resumed after epoch %d (iteration %d)", self.state.epoch, self.state.iteration)
 
+    def _take_best_map_from_best_pt(self) -> None:
+        """On resume: ``best_map`` is at least the mAP ``best.pt`` was saved with. ``best.pt``
+        is written before ``last.pt``, so a kill between the two (or a ``save_interval`` above
+        1) leaves ``last.pt`` with an older, lower ``best_map``; without this a re-run epoch
+        that scores between the two would overwrite the better ``best.pt``."""
+        path = self.weights_dir / "best.pt"
+        if not path.is_file():
+            return
+        try:
+            saved = float(read_checkpoint(path).get("best_map", -1.0))
+        except CheckpointError as exc:  # written atomically, so only if damaged since
+            logger.warning("%s: unreadable (%s); keeping last.pt's best mAP", path, exc)
+            return
+        if saved > self.state.best_map:
+            logger.info(
+                "best.pt holds a model of mAP %.4f, newer than last.pt's best (%.4f); a later "
+                "epoch must beat %.4f to replace it", saved, self.state.best_map, saved,
+            )  # fmt: skip
+            self.state.best_map = saved
+
     def _save_epoch(self, row: dict[str, Any], last: bool) -> None:
+        """Write ``best.pt`` (if this epoch beat ``best_map``) and then ``last.pt``, both
+        recording the raised ``best_map``: any prefix of these writes is consistent."""
         if not self.is_main:
             return
+        improved = "mAP" in row and row["mAP"] > self.state.best_map
+        if improved:
+            self.state.best_map = row["mAP"]
         ckpt = self._checkpoint()
+        if improved:
+            save_atomic(ckpt, self.weights_dir / "best.pt")
         if (self.state.epoch % self.config.save_interval == 0) or last:
             save_atomic(ckpt, self.weights_dir / "last.pt")
-        if "mAP" in row and row["mAP"] > self.state.best_map:
-            self.state.best_map = row["mAP"]
-            ckpt["best_map"] = row["mAP"]
-            save_atomic(ckpt, self.weights_dir / "best.pt")
         self._write_metrics()
         if self.tensorboard is not None:
             for key, value in row.items():
