@@ -190,3 +190,23 @@ def test_healthcheck_command_passes_on_a_live_healthz_and_fails_without(name):
     env = {**os.environ, "DETECTOR_PORT": str(closed)}
     done = subprocess.run(command, env=env, timeout=30, capture_output=True)
     assert done.returncode != 0
+
+
+def test_cpu_base_image_is_pinned_by_digest():
+    args = dict(
+        rest.split("=", 1) for k, rest in instructions("Dockerfile") if k == "ARG" and "=" in rest
+    )
+    assert re.fullmatch(r"python:3\.11[\w.-]*@sha256:[0-9a-f]{64}", args["PYTHON_IMAGE"])
+    froms = [rest for k, rest in instructions("Dockerfile") if k == "FROM"]
+    assert all(f.startswith("${PYTHON_IMAGE} ") for f in froms), froms
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_images_carry_no_keys_and_no_opt_out_of_authentication(name):
+    """The images listen on 0.0.0.0, so the server refuses to start unless keys are given at
+    run time: nothing in the image may give keys or switch that refusal off."""
+    env = env_vars([rest for k, rest in instructions(name) if k == "ENV"])
+    assert env["DETECTOR_HOST"] == "0.0.0.0"
+    assert not {"DETECTOR_API_KEYS", "DETECTOR_ALLOW_INSECURE"} & env.keys()
+    text = (ROOT / name).read_text()
+    assert "-e DETECTOR_API_KEYS" in text  # the documented run command passes keys in

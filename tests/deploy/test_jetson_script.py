@@ -18,12 +18,14 @@ RELEASES = {
 }
 
 
-def dry_run(tmp_path: Path, release: str, *args: str) -> subprocess.CompletedProcess:
+def dry_run(
+    tmp_path: Path, release: str, *args: str, **extra_env: str
+) -> subprocess.CompletedProcess:
     (tmp_path / "nv_tegra_release").write_text(release)
     (tmp_path / "detector-0.1.0-py3-none-any.whl").write_bytes(b"PK")
     (tmp_path / "model.onnx").write_bytes(b"onnx")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DRY_RUN": "1",
-           "TEGRA_RELEASE": str(tmp_path / "nv_tegra_release")}  # fmt: skip
+           "TEGRA_RELEASE": str(tmp_path / "nv_tegra_release"), **extra_env}  # fmt: skip
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=30)  # fmt: skip
 
@@ -59,3 +61,41 @@ def test_refuses_what_it_does_not_know(tmp_path):
     assert missing.returncode == 2 and "missing.onnx: no such ONNX file" in missing.stderr
     bad = dry_run(tmp_path, RELEASES[6], wheel, "model.onnx", "int4")
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+WHEEL = "detector-0.1.0-py3-none-any.whl"
+
+
+def _serve_step(done: subprocess.CompletedProcess) -> list[str]:
+    steps = [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
+    [serve] = [step for step in steps if step[1:2] == ["serve"]]
+    return serve
+
+
+def test_serves_this_board_only_unless_told_otherwise(tmp_path):
+    done = dry_run(tmp_path, RELEASES[6], WHEEL, "model.onnx")
+    assert done.returncode == 0, done.stderr
+    serve = _serve_step(done)
+    assert serve[serve.index("--host") + 1] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::"])
+def test_a_network_address_without_keys_is_refused_before_anything_runs(tmp_path, host):
+    done = dry_run(tmp_path, RELEASES[6], WHEEL, "model.onnx", HOST=host)
+    assert done.returncode == 2
+    assert f"HOST={host} would serve the network without authentication" in done.stderr
+    assert "DETECTOR_API_KEYS" in done.stderr and "DETECTOR_ALLOW_INSECURE" in done.stderr
+    assert "+ " not in done.stdout  # no venv, no install, no engine build
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"DETECTOR_API_KEYS": "k1,k2"}, {"DETECTOR_ALLOW_INSECURE": "1"}],
+    ids=["keys", "opt-out"],
+)
+def test_a_network_address_with_keys_or_the_explicit_opt_out_serves(tmp_path, env):
+    done = dry_run(tmp_path, RELEASES[7], WHEEL, "model.onnx", HOST="0.0.0.0", **env)
+    assert done.returncode == 0, done.stderr
+    serve = _serve_step(done)
+    assert serve[serve.index("--host") + 1] == "0.0.0.0"
+    assert "k1" not in done.stdout  # keys reach the server through its environment, not argv

@@ -61,6 +61,51 @@ def test_resources_user_and_shutdown():
     assert pod["terminationGracePeriodSeconds"] > 30
 
 
+def test_api_keys_are_required_not_optional():
+    """No Secret, no pod: a missing Secret must not mean a server without authentication."""
+    env = {v["name"]: v for v in container()["env"]}
+    ref = env["DETECTOR_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] and ref["key"]
+    assert ref.get("optional", False) is False
+    assert "DETECTOR_ALLOW_INSECURE" not in env
+
+
+def test_container_is_locked_down():
+    c = container()
+    pod = documents()["Deployment"]["spec"]["template"]["spec"]
+    context = c["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert "add" not in context["capabilities"]
+    assert context.get("runAsNonRoot", pod["securityContext"].get("runAsNonRoot")) is True
+    assert context.get("privileged", False) is False
+    assert pod["automountServiceAccountToken"] is False
+    # the one writable path (request bodies the web framework spools to disk) is an emptyDir
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert all(m.get("readOnly") for path, m in mounts.items() if path != "/tmp")
+
+
+def test_cpu_limit_is_set_for_the_servers_thread_counts():
+    resources = container()["resources"]
+    assert "cpu" in resources["limits"]
+    assert float(resources["limits"]["cpu"]) >= float(resources["requests"]["cpu"])
+
+
+def test_endpoint_is_removed_before_the_server_stops():
+    """preStop runs before SIGTERM: the pod keeps serving while the Service drops it; then the
+    server's graceful shutdown (30 s by default) must still fit in the grace period."""
+    from detector.cli import build_parser
+
+    command = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) >= 3
+    graceful = build_parser("serve").parse_args(["serve"]).graceful_timeout
+    pod = documents()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > int(command[1]) + graceful
+
+
 def test_arguments_and_variables_are_the_servers():
     from detector.cli import build_parser
     from serve.settings import ServeSettings
