@@ -12,6 +12,7 @@ torch for ONNX or TensorRT models.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +49,15 @@ class UnknownClassError(ValueError):
     """A class filter names a class the model does not have."""
 
 
+_CLASS_ID = re.compile(r"[0-9]{1,9}")
+"""A class id as a request may give it: ASCII digits, short enough to convert cheaply."""
+
+
 def resolve_classes(values: Sequence[str] | None, names: Sequence[str]) -> list[int] | None:
     """A class filter as users write it (names or ids, repeated or comma-separated:
     ``["RBC", "2"]``, ``["RBC,2"]``) -> sorted class ids; ``None`` when it keeps every class.
-    A token that is a class name means that class, else a digit string means that id.
+    A token that is a class name means that class, else a string of ASCII digits means that id
+    (``str.isdigit`` also takes digits such as ``"²"`` that ``int`` refuses).
 
     Raises:
         UnknownClassError: a token is neither a name nor an id of this model.
@@ -65,7 +71,7 @@ def resolve_classes(values: Sequence[str] | None, names: Sequence[str]) -> list[
             continue
         if token in names:
             wanted.add(names.index(token))
-        elif token.isdigit() and int(token) < len(names):
+        elif _CLASS_ID.fullmatch(token) and int(token) < len(names):
             wanted.add(int(token))
         else:
             raise UnknownClassError(

@@ -152,3 +152,59 @@ def test_inflate_limits_the_output():
     assert inflate(plain, None, 10) == plain  # nothing to undo: the body limit applied already
     with pytest.raises(ProtocolError, match="truncated"):
         inflate(gzip.compress(plain)[:-12], "gzip", 10_000)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+def count_values(value) -> int:
+    if isinstance(value, list):
+        return 1 + sum(count_values(v) for v in value)
+    if isinstance(value, dict):
+        return 1 + sum(1 + count_values(v) for v in value.values())
+    return 1
+
+
+@given(JSON_VALUES, st.booleans())
+def test_json_pre_scan_passes_small_json_and_counts_every_value(value, ascii_only):
+    """The scan never refuses JSON within its limits, and counts at least one token per value
+    json.loads would build (strings with escaped quotes and backslashes included)."""
+    from serve.routes.v2.protocol import TooManyElements, check_json_size
+
+    text = json.dumps(value, ensure_ascii=ascii_only).encode()
+    check_json_size(text, 10_000, max_depth=100)
+    values = count_values(value)
+    if values > 1:
+        with pytest.raises(TooManyElements):
+            check_json_size(text, values - 1, max_depth=100)
+
+
+def test_bombs_are_refused_before_they_are_expanded():
+    """Millions of tiny strings, deep nesting, a shape past the image limit, and a binary
+    tensor of millions of empty elements are refused without building their objects."""
+    from serve.routes.v2.protocol import TooManyElements
+
+    head = b'{"inputs":[{"name":"IMAGE","shape":[1,1],"datatype":"BYTES","data":'
+    with pytest.raises(TooManyElements):
+        parse_infer_request(head + b"[" + b'"ab",' * 1_000_000 + b'"ab"]}]}', None)
+    with pytest.raises(ProtocolError, match="nests"):
+        parse_infer_request(b"[" * 100_000, None)
+    with pytest.raises(ProtocolError, match="nests"):
+        parse_infer_request(b'{"inputs":' + b'{"a":' * 5000, None)
+    big = b'{"inputs":[{"name":"IMAGE","shape":[1000000,1],"datatype":"BYTES","data":[]}]}'
+    with pytest.raises(TooManyElements, match="limit of 32"):
+        parse_infer_request(big, None, max_images=32)
+    body, length = request_body([b""] * 1000)
+    with pytest.raises(TooManyElements):
+        parse_infer_request(body, length, max_images=32)
+    tensor = join_bytes_tensor([b"x"]) + join_bytes_tensor([b""] * 100_000)
+    with pytest.raises(ProtocolError, match="after the 1 element"):
+        split_bytes_tensor(tensor, 1)
+    with pytest.raises(ProtocolError, match="UTF-8"):
+        parse_infer_request('{"inputs": []}'.encode("utf-16"), None)
+    with pytest.raises(ProtocolError, match="not a byte count"):
+        parse_infer_request(b"{}", "\u00b2")

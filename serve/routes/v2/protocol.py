@@ -20,6 +20,13 @@ The model's input is ``IMAGE`` (``BYTES`` ``[B, 1]`` or ``[B]``), its outputs th
 ``classes`` (names or ids, comma-separated) choose the thresholds; ``binary_data_output`` and
 an output's own ``binary_data`` choose binary outputs (JSON by default). An error is
 :class:`ProtocolError` (HTTP 400) with a message naming the field at fault.
+
+Memory is bounded before anything is expanded: a compressed body is inflated incrementally and
+refused once it passes the body limit (:func:`inflate`); the JSON is pre-scanned
+(:func:`check_json_size`) so that a body of millions of tiny values or deeply nested arrays is
+refused before ``json.loads`` builds a Python object for each; the declared shape is checked
+against the image limit (:class:`TooManyElements`) before base64 or binary data is decoded, and
+a binary ``BYTES`` tensor is split into at most the declared number of elements.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -42,6 +50,21 @@ BINARY_SIZE = "binary_data_size"
 REQUEST_OPTIONS = ("conf", "iou", "max_det", "classes")
 _LENGTH = struct.Struct("<I")
 
+MAX_JSON_DEPTH = 16
+"""Deepest nesting of JSON arrays and objects accepted (a request nests 5 deep at most)."""
+JSON_TOKENS_FIXED = 512
+"""JSON tokens (strings, numbers, brackets, commas, colons) a request may have besides those of
+its image elements: ids, parameters, outputs."""
+JSON_TOKENS_PER_IMAGE = 6
+"""JSON tokens one image element may take (``["..."],`` nested as ``[B, 1]``)."""
+DEFAULT_MAX_IMAGES = 32
+"""Images per request when the caller gives no limit (the server passes ``max_images``)."""
+
+# one JSON token after optional whitespace: a string's opening quote, a structural character,
+# or a run of number / literal characters; anything else is not JSON
+_JSON_TOKEN = re.compile(rb'[ \t\n\r]*(?:(")|([\[{])|([\]}])|[,:]|[-+.0-9A-Za-z]+)')
+_UTF8_BOM = b"\xef\xbb\xbf"
+
 
 class ProtocolError(ServeError, ValueError):
     """A request that breaks the v2 protocol or our model's contract (a :class:`ServeError`:
@@ -56,6 +79,13 @@ class BodyTooLarge(ProtocolError):
 
     status = 413
     code = "body_too_large"
+
+
+class TooManyElements(ProtocolError):
+    """More images, or more JSON values, in one request than the server takes."""
+
+    status = 413
+    code = "too_many_images"
 
 
 class UnsupportedEncoding(ProtocolError):
@@ -99,16 +129,20 @@ class InferRequest:
     request_id: str | None = None
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_infer_request(
+    body: bytes, header_length: str | None, max_images: int = DEFAULT_MAX_IMAGES
+) -> InferRequest:
     """An inference request's body and its ``Inference-Header-Content-Length`` header (``None``
-    when absent) -> :class:`InferRequest`.
+    when absent) -> :class:`InferRequest` of at most ``max_images`` images.
 
     Raises:
         ProtocolError: malformed JSON, wrong input name/datatype/shape, binary sizes that do not
             add up, unknown parameters or outputs.
+        TooManyElements: a shape of more than ``max_images`` images, or JSON of more values
+            than such a request needs (413, before any of it is decoded).
     """
     if header_length is not None:
-        if not header_length.strip().isdigit():
+        if not (header_length.strip().isascii() and header_length.strip().isdigit()):
             raise ProtocolError(f"{HEADER_LENGTH}: {header_length!r} is not a byte count")
         length = int(header_length)
         if length == 0:  # raw binary request: the body is the one image
@@ -120,7 +154,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         head, binary = body[:length], memoryview(body)[length:]
     else:
         head, binary = body, memoryview(b"")
-    request = _json_object(head, header_length is None)
+    request = _json_object(head, header_length is None, max_images)
     unknown = set(request) - {"id", "parameters", "inputs", "outputs"}
     if unknown:
         raise ProtocolError(
@@ -131,7 +165,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(f"id: must be a string, not {type(request_id).__name__}")
     options, binary_default = _request_parameters(request.get("parameters"))
-    images, used = _image_input(request.get("inputs"), binary)
+    images, used = _image_input(request.get("inputs"), binary, max_images)
     if used != len(binary):
         raise ProtocolError(
             f"{len(binary) - used} bytes of binary data after the inputs "
@@ -141,17 +175,88 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     return InferRequest(images, options, outputs, request_id)
 
 
-def _json_object(head: bytes, whole_body: bool) -> dict[str, Any]:
+def check_json_size(text: bytes, max_tokens: int, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON that would cost more to parse than a request may: more than ``max_tokens``
+    tokens (each becomes at most one Python object) or nesting deeper than ``max_depth``. A
+    scan of the bytes that builds nothing: the tokens are counted up to the limit, a string of
+    any length is skipped at C speed (an escaped quote inside it counts as one more token), and
+    the first byte that cannot start a JSON token ends the scan (``json.loads`` then reports
+    that error, after building at most the tokens before it). Only UTF-8 is accepted
+    (``json.loads`` would also take UTF-16 and UTF-32, which this scan does not read).
+
+    Raises:
+        ProtocolError: not UTF-8 (400), nested too deep (400).
+        TooManyElements: too many tokens (413).
+    """
+    if json.detect_encoding(text) not in ("utf-8", "utf-8-sig"):
+        raise ProtocolError("the request JSON must be UTF-8")
+    position = len(_UTF8_BOM) if text.startswith(_UTF8_BOM) else 0
+    tokens = depth = 0
+    match = _JSON_TOKEN.match
+    while position < len(text):
+        found = match(text, position)
+        if found is None or found.end() == position:
+            return  # not JSON (or only trailing whitespace): json.loads says what is wrong
+        position = found.end()
+        tokens += 1
+        kind = found.lastindex
+        while kind == 1 and tokens <= max_tokens:  # inside a string: find its closing quote
+            quote = text.find(b'"', position)
+            if quote < 0:
+                return  # never closed: json.loads says so
+            position = quote + 1
+            if _backslashes_before(text, quote, found.end()) % 2 == 0:
+                break
+            tokens += 1  # an escaped quote: the string goes on
+        if tokens > max_tokens:
+            raise TooManyElements(
+                f"the request JSON has more than {max_tokens} values, brackets and separators; "
+                "a request of the images this server takes needs fewer (send images as "
+                f"base64 strings or binary data, at most {_image_hint(max_tokens)} per request)"
+            )
+        if kind == 2:
+            depth += 1
+            if depth > max_depth:
+                raise ProtocolError(
+                    f"the request JSON nests arrays and objects more than {max_depth} deep"
+                )
+        elif kind == 3:
+            depth -= 1
+
+
+def _backslashes_before(text: bytes, end: int, start: int) -> int:
+    """How many backslashes come right before ``text[end]`` (not before ``start``), counted in
+    chunks at C speed (a run of millions costs thousands of steps, not millions)."""
+    count = 0
+    while end > start and text[end - 1] == 0x5C:
+        low = max(start, end - 4096)
+        chunk = text[low:end]
+        kept = len(chunk.rstrip(b"\\"))
+        count += len(chunk) - kept
+        if kept:
+            break
+        end = low
+    return count
+
+
+def _image_hint(max_tokens: int) -> int:
+    return max((max_tokens - JSON_TOKENS_FIXED) // JSON_TOKENS_PER_IMAGE, 1)
+
+
+def _json_object(head: bytes, whole_body: bool, max_images: int) -> dict[str, Any]:
     if not head:
         raise ProtocolError("the request body is empty; send a v2 inference request (JSON)")
+    hint = (
+        f" (binary tensor data after the JSON needs the {HEADER_LENGTH} header)"
+        if whole_body
+        else f" (check the {HEADER_LENGTH} header)"
+    )
+    check_json_size(head, JSON_TOKENS_FIXED + JSON_TOKENS_PER_IMAGE * max_images)
     try:
         request = json.loads(head)
+    except RecursionError as exc:  # cannot happen after check_json_size; kept as a backstop
+        raise ProtocolError("the request JSON nests too deep") from exc
     except (UnicodeDecodeError, ValueError) as exc:
-        hint = (
-            f" (binary tensor data after the JSON needs the {HEADER_LENGTH} header)"
-            if whole_body
-            else f" (check the {HEADER_LENGTH} header)"
-        )
         raise ProtocolError(f"the request is not valid JSON: {exc}{hint}") from exc
     if not isinstance(request, dict):
         raise ProtocolError(f"the request must be a JSON object, not {type(request).__name__}")
@@ -180,7 +285,7 @@ def _request_parameters(value: Any) -> tuple[dict[str, Any], bool]:
     return {k: params[k] for k in REQUEST_OPTIONS if k in params}, binary_default
 
 
-def _image_input(value: Any, binary: memoryview) -> tuple[list[bytes], int]:
+def _image_input(value: Any, binary: memoryview, max_images: int) -> tuple[list[bytes], int]:
     """The ``IMAGE`` input's elements and how many binary bytes it used."""
     if not isinstance(value, list) or not value:
         raise ProtocolError(f"inputs: must list one input, {IMAGE_INPUT!r} (BYTES [B, 1])")
@@ -213,6 +318,11 @@ def _image_input(value: Any, binary: memoryview) -> tuple[list[bytes], int]:
     count = shape[0]
     if count == 0:
         raise ProtocolError(f"inputs[0].shape: {shape}; send at least one image")
+    if count > max_images:
+        raise TooManyElements(
+            f"inputs[0].shape: {shape}; {count} images is more than the limit of "
+            f"{max_images} per request"
+        )
     params = _parameters(tensor.get("parameters"), "inputs[0].parameters")
     unknown = set(params) - {BINARY_SIZE, "content_type"}
     if unknown:
@@ -228,10 +338,10 @@ def _image_input(value: Any, binary: memoryview) -> tuple[list[bytes], int]:
                 f"inputs[0].parameters.{BINARY_SIZE}: {size} bytes declared, "
                 f"only {len(binary)} bytes of binary data follow the JSON"
             )
-        elements = split_bytes_tensor(binary[:size])
+        elements = split_bytes_tensor(binary[:size], count)
         used = size
     else:
-        elements = _json_elements(tensor.get("data"), params.get("content_type"))
+        elements = _json_elements(tensor.get("data"), params.get("content_type"), shape)
         used = 0
     if len(elements) != count:
         raise ProtocolError(
@@ -240,11 +350,23 @@ def _image_input(value: Any, binary: memoryview) -> tuple[list[bytes], int]:
     return elements, used
 
 
-def split_bytes_tensor(data: memoryview | bytes) -> list[bytes]:
-    """A binary ``BYTES`` tensor -> its elements (each a 4-byte little-endian length + bytes)."""
+def split_bytes_tensor(data: memoryview | bytes, count: int | None = None) -> list[bytes]:
+    """A binary ``BYTES`` tensor -> its elements (each a 4-byte little-endian length + bytes);
+    with ``count``, the tensor must hold exactly that many (it is not split further: millions
+    of 0-byte elements in a few megabytes never become millions of objects).
+
+    Raises:
+        ProtocolError: a length that runs past the end, or more or fewer than ``count``.
+    """
     view = memoryview(data)
-    elements, offset = [], 0
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(view):
+        if count is not None and len(elements) == count:
+            raise ProtocolError(
+                f"inputs[0]: {len(view) - offset} bytes of binary BYTES data after the "
+                f"{count} element(s) of the shape (binary_data_size is too large?)"
+            )
         if offset + 4 > len(view):
             raise ProtocolError(
                 f"inputs[0]: binary BYTES data ends inside an element's 4-byte "
@@ -267,7 +389,9 @@ def join_bytes_tensor(elements: list[bytes]) -> bytes:
     return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
 
 
-def _json_elements(data: Any, content_type: Any) -> list[bytes]:
+def _json_elements(data: Any, content_type: Any, shape: list[int]) -> list[bytes]:
+    """The JSON ``data`` of a BYTES tensor of ``shape`` -> its elements' bytes (the count is
+    checked before any element is decoded)."""
     if data is None:
         raise ProtocolError(
             f"inputs[0]: no data; give data (JSON strings) or {BINARY_SIZE} "
@@ -286,6 +410,10 @@ def _json_elements(data: Any, content_type: Any) -> list[bytes]:
             stack.extend(reversed(item))
         else:
             flat.append(item)
+    if len(flat) != shape[0]:
+        raise ProtocolError(
+            f"inputs[0]: shape {shape} holds {shape[0]} element(s), the data has {len(flat)}"
+        )
     elements = []
     for i, item in enumerate(flat):
         if not isinstance(item, str):

@@ -202,12 +202,15 @@ def _readiness(state: ServerState) -> Response:
 
 
 async def _read_infer_request(request: Request, state: ServerState) -> InferRequest:
-    """The body, decompressed (at most ``max_body_bytes``) and parsed."""
+    """The body, decompressed (at most ``max_body_bytes``) and parsed (at most ``max_images``
+    images). Read from the stream rather than ``request.body()``, which would keep the raw body
+    on the request until the answer: once parsed, only the images stay in memory."""
     settings = state.settings
-    body = inflate(
-        await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
-    )
-    return parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+    chunks = [chunk async for chunk in request.stream()]
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    del chunks
+    body = inflate(body, request.headers.get("content-encoding"), settings.max_body_bytes)
+    return parse_infer_request(body, request.headers.get(HEADER_LENGTH), settings.max_images)
 
 
 def _check_image_count(parsed: InferRequest, state: ServerState) -> None:
