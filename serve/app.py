@@ -6,7 +6,12 @@
 - :mod:`serve.pipeline`: decode and letterbox (the image pool) -> dynamic batcher -> results;
 - :mod:`serve.routes`: ``/v1``, the KServe v2 protocol under ``/v2``, the operational routes;
 - :mod:`serve.errors`: one error family, answered as JSON in each API's format;
-- :mod:`serve.http_middleware`: request ids and access logs, the body limit, admission control.
+- :mod:`serve.http_middleware`: request ids and access logs, API keys and admission control
+  from the headers, the body's size limit and deadline.
+
+The docs pages (``/docs``, ``/redoc``, ``/openapi.json``) are off unless ``settings.docs`` turns
+them on (``open``, or ``keyed``: behind an API key): their pages load Swagger UI and ReDoc from
+a CDN.
 
 Serving ONNX or TensorRT models imports no torch.
 """
@@ -36,11 +41,15 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     (``uvicorn``, or ``with TestClient(app)``), and warmed up there before ``/readyz`` says
     ready. ``predictor``: an already loaded model (the CLI loads it first, so that a bad file is
     a one-line error rather than a failed startup); the lifespan still warms it up."""
+    docs = settings.docs != "off"  # the pages load Swagger UI / ReDoc from a CDN
     app = FastAPI(
         title="detector",
         summary="Object detection over HTTP (YOLOX-style models: ONNX Runtime, TensorRT, PyTorch)",
         version="1",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     state = ServerState(settings, preloaded=predictor)
     app.state.server = state
@@ -52,14 +61,31 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])  # fmt: skip
-    # the last added is the outermost: request ids -> body limit -> admission -> routes
+    # the last added is the outermost: request ids -> keys and admission (from the headers) ->
+    # body limit and deadline -> routes
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)  # fmt: skip
     inference = v1_routes.INFERENCE_PATHS + infer_paths(settings.name)
     app.add_middleware(AdmissionMiddleware, paths=inference, admit=state.admit,
-                       retry_after_s=RETRY_AFTER_S)  # fmt: skip
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+                       refuse=state.refuse, keys=settings.api_keys,
+                       keyed_paths=keyed_paths(settings), retry_after_s=RETRY_AFTER_S)  # fmt: skip
     paths = frozenset(app.openapi()["paths"])  # the routes; FastAPI nests included ones
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, paths=paths)  # outermost
     return app
+
+
+DOCS_PATHS = frozenset(("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"))
+
+
+def keyed_paths(settings: ServeSettings) -> frozenset[str]:
+    """The operational paths that ask for an API key too (the inference routes always do when
+    keys are set): ``/metrics`` with ``metrics_key_required``, the docs with ``docs=keyed``."""
+    paths: set[str] = set()
+    if settings.metrics_key_required:
+        paths.add("/metrics")
+    if settings.docs == "keyed":
+        paths |= DOCS_PATHS
+    return frozenset(paths)
 
 
 def app_from_env() -> FastAPI:

@@ -8,7 +8,6 @@ throughput against the raw backend').
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from detector.core.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU, PredictParams
 from serve.errors import InvalidParameter, NotReady, Unauthorized
+from serve.http_middleware import key_problem
 from serve.runtime.predictor import UnknownClassError, resolve_classes
 from serve.settings import ServeSettings
 from serve.state import ServerState
@@ -29,9 +29,11 @@ async def server_state(request: Request) -> ServerState:
 
 
 async def ready_state(state: Annotated[ServerState, Depends(server_state)]) -> ServerState:
-    """The state of a server that is serving, else 503 ``not_ready`` with ``Retry-After``."""
-    if not state.serving:
-        raise NotReady("the model is not loaded yet")
+    """The state of a server that is serving, else 503 ``not_ready`` with ``Retry-After``
+    (not loaded yet, shutting down, or inference failing: :attr:`ServerState.not_serving`)."""
+    problem = state.not_serving
+    if problem is not None:
+        raise NotReady(problem)
     return state
 
 
@@ -44,20 +46,14 @@ async def require_api_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> None:
-    """With API keys configured, one of them must come as a bearer token or ``X-API-Key``;
-    compared in constant time against every key."""
-    keys = state.settings.api_keys
-    if not keys:
-        return
+    """With API keys configured, one of them must come as a bearer token or ``X-API-Key``
+    (:func:`serve.http_middleware.key_problem`). The inference routes are checked earlier too,
+    from the headers alone, before their body is read (:class:`AdmissionMiddleware`); this
+    dependency covers the other keyed routes and documents the schemes in the OpenAPI schema."""
     given = (bearer.credentials if bearer else None) or header_key
-    if not given:
-        raise Unauthorized("an API key is required (Authorization: Bearer KEY or X-API-Key: KEY)")
-    given_bytes = given.encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
-    if not matched:
-        raise Unauthorized("the API key is not valid")
+    problem = key_problem(state.settings.api_keys, given)
+    if problem is not None:
+        raise Unauthorized(problem)
 
 
 # ---------------------------------------------------------------------------- parameters

@@ -8,6 +8,13 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+)
+"""HTTP methods counted under their own name; any other is counted as ``other``, so a client
+inventing methods cannot add series (label values are bounded: methods, route templates,
+statuses)."""
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
@@ -21,7 +28,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "detector_http_requests",
-            "HTTP requests answered, by route template, method and status",
+            "HTTP requests answered, by route template, method (or other) and status",
             ("route", "method", "status"),
             registry=self.registry,
         )
@@ -57,6 +64,9 @@ class Metrics:
         )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request; ``route`` must be a route template (or ``unmatched``),
+        never a raw path."""
+        method = method if method in METHODS else "other"
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 

@@ -1,19 +1,24 @@
-"""Pure ASGI middleware: the body-size limit, and request ids with JSON access logs and metrics.
+"""Pure ASGI middleware: API keys and admission control before a body is read, the body's size
+limit and deadline, and request ids with JSON access logs and metrics.
 
-Pure ASGI (not Starlette's ``BaseHTTPMiddleware``) so the body is counted as it streams in and a
-too-large upload is refused before it is in memory. Their error answers take the format of the
-request's path (:func:`serve.errors.error_body`).
+Pure ASGI (not Starlette's ``BaseHTTPMiddleware``) so the body is counted and timed as it streams
+in, and a request is refused from its headers alone, before anything of its body is read. Their
+error answers take the format of the request's path (:func:`serve.errors.error_body`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
+
+from pydantic import SecretStr
 
 from serve.errors import error_body
 from serve.http_metrics import Metrics
@@ -47,18 +52,60 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+CLIENT_GONE = 499
+"""The status logged for a request whose client went away before its answer (nginx's)."""
+
+
+def key_problem(keys: Sequence[SecretStr], given: str | None) -> str | None:
+    """Why a request that gave the key ``given`` is refused, or ``None``: with ``keys`` set, one
+    of them must be given; it is compared in constant time against every key."""
+    if not keys:
+        return None
+    if not given:
+        return "an API key is required (Authorization: Bearer KEY or X-API-Key: KEY)"
+    given_bytes = given.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
+    return None if matched else "the API key is not valid"
+
+
+def given_key(scope: Scope) -> str | None:
+    """The key a request gives: ``Authorization: Bearer KEY``, else ``X-API-Key: KEY``."""
+    authorization = _header(scope, b"authorization")
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return _header(scope, b"x-api-key")
+
+
 class _BodyOverflow(Exception):
     """Raised from ``receive`` once the body passes the limit (control flow inside
     :class:`BodyLimitMiddleware`, which answers 413 itself; never reaches a handler)."""
 
 
+class _BodyTimeout(Exception):
+    """Raised from ``receive`` once the body's deadline passed (:class:`BodyLimitMiddleware`
+    answers 408 and closes the connection)."""
+
+
+class _QueueFilled(Exception):
+    """Raised from ``receive`` when the body has arrived but the queue filled up meanwhile
+    (:class:`AdmissionMiddleware` answers 503)."""
+
+
 class BodyLimitMiddleware:
     """Answer 413 to a body larger than ``max_bytes``: at once when ``Content-Length`` says so
-    (nothing of the body is read), else as soon as the streamed bytes pass the limit."""
+    (nothing of the body is read), else as soon as the streamed bytes pass the limit; answer 408
+    and close the connection when the whole body has not arrived ``timeout_s`` seconds after the
+    request's headers (a slow or stalled upload cannot hold a connection, a decode slot or a
+    queue place for longer)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,14 +126,24 @@ class BodyLimitMiddleware:
                 await send_json(send, 413, body, [(b"connection", b"close")])
                 return
         received = 0
-        overflow = False
-        started = False
+        overflow = timed_out = body_done = started = False
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received, overflow
-            incoming = await receive()
+            nonlocal received, overflow, timed_out, body_done
+            if body_done or deadline is None:
+                incoming = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        incoming = await receive()
+                except TimeoutError:
+                    timed_out = True
+                    raise _BodyTimeout from None
             if incoming["type"] == "http.request":
                 received += len(incoming.get("body", b""))
+                body_done = not incoming.get("more_body", False)
                 if received > self.max_bytes:
                     overflow = True
                     raise _BodyOverflow(message)
@@ -94,7 +151,7 @@ class BodyLimitMiddleware:
 
         async def guarded_send(outgoing: Message) -> None:
             nonlocal started
-            if overflow:  # whatever the app made of the exception, the answer is 413
+            if overflow or timed_out:  # whatever the app made of the exception, we answer
                 return
             if outgoing["type"] == "http.response.start":
                 started = True
@@ -102,47 +159,141 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, guarded_send)
-        except _BodyOverflow:
+        except (_BodyOverflow, _BodyTimeout):
             pass
-        if overflow and not started:
+        if started:
+            return
+        if overflow:
             body = error_body("body_too_large", message, request_id, path)
             await send_json(send, 413, body, [(b"connection", b"close")])
+        elif timed_out:
+            late = (f"the request body did not arrive within {self.timeout_s:g} s of its headers "
+                    f"({received} bytes received)")  # fmt: skip
+            body = error_body("body_timeout", late, request_id, path)
+            await send_json(send, 408, body, [(b"connection", b"close")])
 
 
 class AdmissionMiddleware:
-    """Refuse inference requests with 503 + Retry-After while the batcher has no room, before
-    their body is read: under overload a refusal costs next to nothing. ``admit()`` returns the
-    refusal message, or a :class:`~serve.runtime.batching.Reservation` (a place in the queue
-    held for the request while its body is read and decoded, released when it is queued or
-    ends), or ``None`` (admit; e.g. before the model is loaded, when the route answers for
-    itself).
+    """What is decided from a request's headers, before anything of its body is read:
 
-    The connection stays open (no ``Connection: close``): uvicorn discards the rest of the body
-    after the answer, so clients that send the whole body before reading get the 503, not a
-    reset. (The queue enforces its bound again on submit for requests without a reservation.)"""
+    - **API keys**: with keys configured, an inference request (and a request for one of
+      ``keyed_paths``, e.g. ``/metrics`` or the docs when they ask for a key) without a valid
+      key is answered 401 at once, so an unauthenticated client never gets to send a body;
+    - **capacity**: an inference request arriving while the queue is full is refused with 503 +
+      ``Retry-After`` at once (``admit()`` returns the message);
+    - otherwise it gets a place in the queue that it takes only once its whole body has arrived
+      (``admit()`` returns a :class:`~serve.runtime.batching.Reservation` not taken yet; 503 then
+      if the queue filled up meanwhile, ``refuse()`` giving the message): a client that sends its
+      body slowly, or never, holds no place that keyed, fast clients need. ``admit()`` returns
+      ``None`` before the model is loaded (the route answers 503 itself).
+
+    Once an admitted request's body is in, a watcher waits for its client to disconnect: the
+    request's task is then cancelled, so its images still waiting for a decoder are never
+    decoded and those waiting for a batch are dropped (logged with status 499).
+
+    The connection stays open after a refusal (no ``Connection: close``): uvicorn discards the
+    rest of the body after the answer, so clients that send the whole body before reading get
+    the 503, not a reset; a client that goes on sending nothing is closed by the server's header
+    deadline. (The queue enforces its bound again on submit for requests without a place.)"""
 
     def __init__(
         self, app: ASGIApp, paths: tuple[str, ...],
-        admit: Callable[[], Reservation | str | None], retry_after_s: int = 1,
+        admit: Callable[[], Reservation | str | None],
+        refuse: Callable[[], str] | None = None,
+        keys: Sequence[SecretStr] = (),
+        keyed_paths: frozenset[str] = frozenset(),
+        retry_after_s: int = 1,
     ) -> None:  # fmt: skip
         self.app = app
         self.paths = paths
         self.admit = admit
+        self.refuse = refuse or (lambda: "the server is at capacity; retry shortly")
+        self.keys = list(keys)
+        self.keyed_paths = keyed_paths
         self.retry_after = str(retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            outcome = self.admit()
-            if isinstance(outcome, str):
-                request_id = scope.get("state", {}).get("request_id")
-                body = error_body("overloaded", outcome, request_id, scope["path"])
-                await send_json(send, 503, body, [(b"retry-after", self.retry_after)])
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        inference = scope["method"] == "POST" and path in self.paths
+        if self.keys and (inference or path in self.keyed_paths):
+            problem = key_problem(self.keys, given_key(scope))
+            if problem is not None:
+                body = error_body("unauthorized", problem, _request_id(scope), path)
+                await send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
                 return
-            if outcome is not None:
-                with holding(outcome):
-                    await self.app(scope, receive, send)
+        if not inference:
+            await self.app(scope, receive, send)
+            return
+        outcome = self.admit()
+        if isinstance(outcome, str):
+            await self._overloaded(scope, send, outcome)
+        elif outcome is None:
+            await self.app(scope, receive, send)
+        else:
+            with holding(outcome):
+                await self._admitted(scope, receive, send, outcome)
+
+    async def _overloaded(self, scope: Scope, send: Send, message: str) -> None:
+        body = error_body("overloaded", message, _request_id(scope), scope["path"])
+        await send_json(send, 503, body, [(b"retry-after", self.retry_after)])
+
+    async def _admitted(
+        self, scope: Scope, receive: Receive, send: Send, reservation: Reservation
+    ) -> None:
+        """Run the request: its place is taken when the last of its body arrives, then its
+        client is watched until the answer is sent."""
+        task = asyncio.current_task()
+        refused = started = finished = gone = False
+        watcher: asyncio.Task[None] | None = None
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not finished and task is not None:
+                gone = True
+                task.cancel()
+
+        async def admitted_receive() -> Message:
+            nonlocal refused, watcher
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                if not reservation.acquire():
+                    refused = True
+                    raise _QueueFilled
+                if watcher is None:
+                    watcher = asyncio.create_task(watch(), name="client-watch")
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, finished
+            if refused:
                 return
-        await self.app(scope, receive, send)
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True  # before sending: the client's side ends with it
+            await send(message)
+
+        try:
+            await self.app(scope, admitted_receive, guarded_send)
+        except _QueueFilled:
+            pass
+        except asyncio.CancelledError:
+            if not gone or task is None:
+                raise
+            task.uncancel()  # our cancellation: the client left, nobody to answer
+            scope.setdefault("state", {})["client_gone"] = True
+            return
+        finally:
+            finished = True
+            if watcher is not None:
+                watcher.cancel()
+        if refused and not started:
+            await self._overloaded(scope, send, self.refuse())
 
 
 class RequestContextMiddleware:
@@ -182,15 +333,17 @@ class RequestContextMiddleware:
             seconds = time.perf_counter() - start
             route = scope.get("route")
             template = getattr(route, "path", None)
-            if template is None:  # answered by a middleware (413, 503) before routing
+            if template is None:  # answered by a middleware (401, 413, 503) before routing
                 template = scope["path"] if scope["path"] in self.paths else "unmatched"
+            if scope["state"].get("client_gone") and sent_bytes == 0:
+                status = CLIENT_GONE
             self.metrics.observe_request(template, scope["method"], status, seconds)
             client = scope.get("client")
             access_logger.info(
                 json.dumps(
                     {
                         "request_id": request_id,
-                        "method": scope["method"],
+                        "method": scope["method"][:32],
                         "path": scope["path"],
                         "route": template,
                         "status": status,
@@ -200,6 +353,10 @@ class RequestContextMiddleware:
                     }
                 )
             )
+
+
+def _request_id(scope: Scope) -> str | None:
+    return scope.get("state", {}).get("request_id")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -24,7 +24,14 @@ from detector.core.preprocess import boxes_to_original
 from detector.core.visualize import draw_boxes
 from serve.errors import DeadlinePassed, NotReady, Overloaded
 from serve.http_schemas import Detection
-from serve.runtime.batching import BatcherClosed, BatchResult, DeadlineExceeded, QueueFull
+from serve.runtime.batching import (
+    BatcherClosed,
+    BatchResult,
+    DeadlineExceeded,
+    InferenceFailed,
+    QueueFull,
+)
+from serve.runtime.errors import ServeError
 from serve.runtime.images import decode_image
 from serve.runtime.predictor import Predictor
 from serve.state import ServerState
@@ -115,18 +122,38 @@ async def run_images(
     pool's threads), which bounds the memory that decoded images can take (each up to
     ``max_pixels`` x 3 bytes).
 
+    The request's deadline (``settings.timeout_s``) counts from here: past it, its images still
+    waiting for a decoder are not decoded, and those waiting for a batch are dropped; so are
+    they when the request's task is cancelled (its client went away).
+
     Raises:
         Overloaded, DeadlinePassed, NotReady: the batcher's queue is full, the request's
             deadline passed, the batcher stopped.
+        ServeError: 500 ``inference_failed``, the network's run raised for its batch.
     """
     predictor, batcher, settings = state.predictor, state.batcher, state.settings
     assert predictor is not None and batcher is not None
     deadline = asyncio.get_running_loop().time() + settings.timeout_s
     payloads = [await upload.read() for upload in uploads]
-    prepared = await asyncio.gather(
-        *(in_image_pool(state, prepare_upload, predictor, data, settings.max_pixels, name,
-                        keep_images) for data, name in zip(payloads, upload_names(uploads)))
-    )  # fmt: skip
+    decodes = [
+        asyncio.ensure_future(in_image_pool(state, prepare_upload, predictor, data,
+                                            settings.max_pixels, name, keep_images))
+        for data, name in zip(payloads, upload_names(uploads))
+    ]  # fmt: skip
+    del payloads
+    try:
+        async with asyncio.timeout_at(deadline):
+            prepared = await asyncio.gather(*decodes)
+    except TimeoutError as exc:
+        state.metrics.rejected.labels("deadline").inc()
+        raise DeadlinePassed(
+            f"no answer within the request deadline of {settings.timeout_s:g} s (still decoding)"
+        ) from exc
+    finally:
+        # a bad image, the deadline, or the client gone (the task cancelled): the request's
+        # other images still waiting for a decoder are never decoded
+        for decode in decodes:
+            decode.cancel()
     try:
         results = await batcher.submit_many(
             [p.tensor for p in prepared], deadline,
@@ -142,6 +169,9 @@ async def run_images(
         ) from exc
     except BatcherClosed as exc:
         raise NotReady(str(exc)) from exc
+    except InferenceFailed as exc:  # the batcher logged it; answered 500 without a traceback
+        raise ServeError(f"{exc}; the server logged the details", status=500,
+                         code="inference_failed") from exc  # fmt: skip
     return list(zip(prepared, results))
 
 

@@ -11,6 +11,8 @@ several workers do not fight over the same cores (scale out with more containers
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,12 +24,59 @@ BackendName = Literal["onnxruntime", "tensorrt", "torch"]
 ENV_PREFIX = "DETECTOR_"
 
 
-def usable_cpus() -> int:
-    """Cores this process may run on (its CPU affinity, which honours taskset and cpusets)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _own_cgroup(root: Path) -> Path | None:
+    """This process's cgroup v2 folder under ``root`` (from ``/proc/self/cgroup``), if any."""
     try:
-        return max(len(os.sched_getaffinity(0)), 1)
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return root / line[3:].strip().lstrip("/")
+    except OSError:
+        pass
+    return None
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs the cgroup's CPU quota allows (quota / period; 2.0 for a 2-CPU container limit), or
+    ``None`` without a quota. Reads cgroup v2's ``cpu.max`` (the process's own cgroup and the
+    root seen by a container), else cgroup v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``;
+    the smallest quota found wins."""
+    quotas: list[float] = []
+    folders = [root, *(f for f in (_own_cgroup(root),) if f is not None and f != root)]
+    for folder in folders:
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            if quota != "max" and int(period) > 0:
+                quotas.append(int(quota) / int(period))
+        except (OSError, ValueError):
+            continue
+    if not quotas:
+        for folder in (root / "cpu", root / "cpu,cpuacct", root):
+            try:
+                quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+                period_us = int((folder / "cpu.cfs_period_us").read_text())
+            except (OSError, ValueError):
+                continue
+            if quota_us > 0 and period_us > 0:  # -1: no quota
+                quotas.append(quota_us / period_us)
+            break
+    return min(quotas) if quotas else None
+
+
+def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may use: its CPU affinity (which honours taskset and cpusets) or its
+    cgroup CPU quota (a container's CPU limit, rounded down, at least 1), whichever is smaller;
+    a pod limited to 2 CPUs on a 64-core node gets 2."""
+    try:
+        cpus = max(len(os.sched_getaffinity(0)), 1)
     except (AttributeError, OSError):  # not on Linux
-        return max(os.cpu_count() or 1, 1)
+        cpus = max(os.cpu_count() or 1, 1)
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(math.floor(quota), 1))
+    return cpus
 
 
 def _split(value: object) -> object:
@@ -76,21 +125,43 @@ class ServeSettings(BaseSettings):
         "that arrive during a run form the next batch), which adds no latency at low load"
     )  # fmt: skip
     queue_size: int = Field(
-        64, ge=1, description="requests waiting for inference before new ones get 503"
-    )
+        32, ge=1, description="requests waiting for inference before new ones get 503 (each "
+        "may hold a body of up to max_body_bytes: see README.md, 'Memory')"
+    )  # fmt: skip
     timeout_s: float = Field(
         10.0, gt=0, description="per-request deadline, from the body received to the answer (504)"
     )
-    max_body_bytes: int = Field(
-        20 * 1024 * 1024, ge=1024, description="largest request body (else 413)"
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request's whole body must arrive within this many seconds of "
+        "its headers (else 408 and the connection is closed): slow uploads cannot hold the server"
+    )  # fmt: skip
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send a complete request head within this many "
+        "seconds of opening (or of its previous answer), else it is closed"
+    )  # fmt: skip
+    max_connections: int = Field(
+        1000, ge=1, description="open connections (and requests in progress) at most; past it "
+        "new requests get 503 from uvicorn"
+    )  # fmt: skip
+    unhealthy_after: int = Field(
+        3, ge=1, description="failed batches in a row after which the server reports not ready "
+        "(503 on /readyz) until a probe run of the model succeeds"
+    )  # fmt: skip
+    probe_interval_s: float = Field(
+        1.0, gt=0, description="while unhealthy, seconds between the server's own probe runs"
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest request body, also once decompressed "
+        "(else 413)"
+    )  # fmt: skip
     max_pixels: int = Field(
         40_000_000, ge=1, description="largest image (width x height, read from its header "
         "before decoding; else 413)"
     )  # fmt: skip
     decode_workers: int = Field(
-        default_factory=usable_cpus, ge=1, description="images decoded at once across all "
-        "requests; bounds the memory of decoded images (each up to max_pixels x 3 bytes)"
+        default_factory=lambda: min(usable_cpus(), 2), ge=1, description="images decoded at "
+        "once across all requests (default: 2, or 1 on one core); bounds the memory of decoding "
+        "(each up to about max_pixels x 10 bytes: see README.md, 'Memory')"
     )  # fmt: skip
     max_images: int = Field(32, ge=1, description="most images in one batch request")
     max_det_limit: int = Field(1000, ge=1, description="largest max_det a request may ask for")
@@ -98,6 +169,14 @@ class ServeSettings(BaseSettings):
         default_factory=list,
         description="accepted API keys (Authorization: Bearer KEY or X-API-Key); none = open",
     )
+    metrics_key_required: bool = Field(
+        False, description="/metrics asks for an API key too (needs api_keys)"
+    )
+    docs: Literal["off", "open", "keyed"] = Field(
+        "off", description="the API's docs pages (/docs, /redoc, /openapi.json): off (default), "
+        "open, or keyed (an API key required; needs api_keys). /docs and /redoc load their "
+        "scripts from a CDN (jsDelivr) in the browser"
+    )  # fmt: skip
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (none by default)"
     )
@@ -107,7 +186,21 @@ class ServeSettings(BaseSettings):
     )  # fmt: skip
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    allow_insecure: bool = Field(
+        False, description="listen on an address other than loopback without API keys (refused "
+        "otherwise): only on a trusted, isolated network"
+    )  # fmt: skip
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); serves HTTPS")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) of ssl_certfile")
+    ssl_ca_certs: Path | None = Field(
+        None, description="CA certificates (PEM): clients must present a certificate they signed "
+        "(mutual TLS)"
+    )  # fmt: skip
     warmup: bool = Field(True, description="run the model once per batch size before ready")
+    allow_engine_host_code: bool = Field(
+        False, description="let a version-compatible TensorRT engine load: it embeds host code "
+        "that TensorRT runs in the server, so only for engines from a trusted source"
+    )  # fmt: skip
 
     @field_validator("providers", "cors_origins", "api_keys", mode="before")
     @classmethod
@@ -118,7 +211,36 @@ class ServeSettings(BaseSettings):
     def _check(self) -> ServeSettings:
         if any(not key.get_secret_value() for key in self.api_keys):
             raise ValueError("api_keys: an API key may not be empty")
+        if not self.api_keys and (self.metrics_key_required or self.docs == "keyed"):
+            raise ValueError(
+                "--metrics-key-required / --docs keyed (DETECTOR_METRICS_KEY_REQUIRED / "
+                "DETECTOR_DOCS): these need API keys (--api-key or DETECTOR_API_KEYS)"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError(
+                "--ssl-certfile and --ssl-keyfile (DETECTOR_SSL_CERTFILE, DETECTOR_SSL_KEYFILE): "
+                "give both (HTTPS) or neither"
+            )
+        if self.ssl_ca_certs is not None and self.ssl_certfile is None:
+            raise ValueError(
+                "--ssl-ca-certs (DETECTOR_SSL_CA_CERTS): needs --ssl-certfile and --ssl-keyfile"
+            )
+        for name in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                flag, variable = name.replace("_", "-"), f"{ENV_PREFIX}{name.upper()}"
+                raise ValueError(f"--{flag} ({variable}): {path}: no such file")
         return self
+
+    @property
+    def loopback_only(self) -> bool:
+        """``host`` is a loopback address (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+        if self.host.lower() in ("localhost", "localhost."):
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:  # a host name: may resolve to anything
+            return False
 
 
 # backends whose runs may be called from several threads at once (an ONNX Runtime session's
@@ -148,6 +270,22 @@ def check_lanes(backend: str, lanes: int | None) -> None:
         )
 
 
+def check_exposure(settings: ServeSettings) -> None:
+    """Refuse to listen on a network address (anything but loopback) without API keys, unless
+    ``allow_insecure`` says so.
+
+    Raises:
+        SettingsError: naming the host, the key settings and the opt-out.
+    """
+    if settings.loopback_only or settings.api_keys or settings.allow_insecure:
+        return
+    raise SettingsError(
+        f"host {settings.host} would serve the network without authentication: give API keys "
+        f"(--api-key or {ENV_PREFIX}API_KEYS), listen on 127.0.0.1, or, on a trusted isolated "
+        f"network only, pass --allow-insecure ({ENV_PREFIX}ALLOW_INSECURE=true)"
+    )
+
+
 def load_settings(**given: object) -> ServeSettings:
     """``ServeSettings`` from keyword arguments (they win) and ``DETECTOR_*`` variables, with a
     short error naming each field and its variable instead of pydantic's report."""
@@ -156,7 +294,10 @@ def load_settings(**given: object) -> ServeSettings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = ".".join(str(part) for part in error.get("loc", ())) or "settings"
+            field = ".".join(str(part) for part in error.get("loc", ()))
+            if not field:  # a check across fields: its message names them
+                problems.append(str(error.get("msg", "invalid")).removeprefix("Value error, "))
+                continue
             problems.append(
                 f"{field} (--{field.replace('_', '-')} or {ENV_PREFIX}{field.upper()}): "
                 f"{error.get('msg', 'invalid')}"

@@ -40,22 +40,40 @@ class ServerState:
     ready: bool = False
 
     @property
+    def not_serving(self) -> str | None:
+        """Why the server cannot answer inference requests now, or ``None`` when it can: the
+        model is not loaded and warmed up yet, the server is shutting down, or inference is
+        failing (the batcher's :attr:`~serve.runtime.batching.DynamicBatcher.health_problem`)."""
+        if not self.ready or self.predictor is None or self.batcher is None:
+            return "the model is not loaded yet"
+        problem = self.batcher.health_problem
+        return None if problem is None else f"inference is failing: {problem}"
+
+    @property
     def serving(self) -> bool:
-        """The model is loaded and warmed up, and the server is not shutting down."""
-        return self.ready and self.predictor is not None and self.batcher is not None
+        """The model is loaded and warmed up, inference works (its last batches did not all
+        fail), and the server is not shutting down: what readiness reports."""
+        return self.not_serving is None
 
     def admit(self) -> Reservation | str | None:
-        """A place in the queue held for a new inference request, or why it is refused now
-        (queue full); ``None`` before the model is loaded (the route answers 503 itself)."""
+        """For an inference request that has just arrived (its body not read yet): why it is
+        refused now (queue full), or its place in the queue, not taken yet (the request takes it
+        with :meth:`~serve.runtime.batching.Reservation.acquire` once its body has arrived, so
+        a slow upload holds no place); ``None`` before the model is loaded (the route answers
+        503 itself)."""
         batcher = self.batcher
         if batcher is None:
             return None
-        reservation = batcher.reserve()
-        if reservation is None:
-            self.metrics.rejected.labels("queue_full").inc()
-            return (f"the server is at capacity ({batcher.pending} requests are already waiting "
-                    "for inference); retry shortly")  # fmt: skip
-        return reservation
+        if not batcher.has_room:
+            return self.refuse()
+        return batcher.reservation()
+
+    def refuse(self) -> str:
+        """Count a refusal for a full queue; the message a refused request gets."""
+        self.metrics.rejected.labels("queue_full").inc()
+        pending = self.batcher.pending if self.batcher is not None else 0
+        return (f"the server is at capacity ({pending} requests are already waiting for "
+                "inference); retry shortly")  # fmt: skip
 
 
 def load_predictor(settings: ServeSettings) -> Predictor:
@@ -69,7 +87,7 @@ def load_predictor(settings: ServeSettings) -> Predictor:
     elif backend == "torch":
         options = {"device": settings.device, "threads": settings.threads}
     elif backend == "tensorrt":
-        options = {"device": settings.device}
+        options = {"device": settings.device, "allow_host_code": settings.allow_engine_host_code}
     return Predictor.from_path(settings.model, backend, **options)
 
 
@@ -129,6 +147,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue_size=settings.queue_size,
         observer=state.metrics.observe_batch,
         lanes=lanes,
+        unhealthy_after=settings.unhealthy_after,
+        probe_interval_s=settings.probe_interval_s,
+        # a batch running this long has wedged its lane (a hung driver call, a deadlock)
+        stuck_after_s=max(3 * settings.timeout_s, 30.0),
     )
     await batcher.start()
     state.metrics.track_queue(lambda: batcher.depth)

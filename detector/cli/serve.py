@@ -3,12 +3,19 @@
 Flags override ``DETECTOR_*`` environment variables (see ``serve.settings``). Access logs are
 JSON lines on stdout. SIGTERM (or Ctrl-C) stops accepting connections, lets the requests in
 flight finish (up to ``--graceful-timeout`` seconds), then exits.
+
+Before it starts, the server refuses to listen on a network address without API keys (unless
+``--allow-insecure``). uvicorn is told the connection bound (``--max-connections``), the TLS
+files, and gets a protocol that closes a connection whose request head does not arrive within
+``--header-timeout-s`` (uvicorn has no such deadline of its own).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +24,13 @@ from typing import Any
 SETTINGS_FLAGS = (
     "model", "backend", "device", "threads", "lanes", "max_batch", "max_delay_ms", "queue_size",
     "timeout_s", "max_body_bytes", "max_pixels", "max_images", "decode_workers", "host", "port",
-    "name",
+    "name", "allow_engine_host_code",
+)  # fmt: skip
+# the flags of the server's protection: limits on clients, health, exposure, TLS
+PROTECTION_FLAGS = (
+    "body_timeout_s", "header_timeout_s", "max_connections", "unhealthy_after", "probe_interval_s",
+    "docs", "ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "metrics_key_required",
+    "allow_insecure",
 )  # fmt: skip
 
 
@@ -54,6 +67,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
                         help="allowed CORS origin (repeatable; none by default)")  # fmt: skip
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs")
+    parser.add_argument("--allow-engine-host-code", action="store_true", default=None,
+                        help="let a version-compatible TensorRT engine load (it embeds host code "
+                        "that runs in the server: trusted engines only)")  # fmt: skip
+    parser.add_argument(
+        "--body-timeout-s",
+        type=float,
+        help="seconds a request's whole body "
+        "may take to arrive, else 408 and the connection closed (default 30)",
+    )
+    parser.add_argument(
+        "--header-timeout-s",
+        type=float,
+        help="seconds a connection may take "
+        "to send a complete request head, else it is closed (default 10)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections at most; past it new requests get 503 (default 1000)",
+    )
+    parser.add_argument(
+        "--unhealthy-after",
+        type=int,
+        help="failed batches in a row before "
+        "/readyz answers 503, until a probe run succeeds (default 3)",
+    )
+    parser.add_argument(
+        "--probe-interval-s",
+        type=float,
+        help="seconds between probe runs while unhealthy (default 1)",
+    )
+    parser.add_argument(
+        "--metrics-key-required",
+        action="store_true",
+        default=None,
+        help="/metrics asks for an API key too",
+    )
+    parser.add_argument(
+        "--docs",
+        choices=("off", "open", "keyed"),
+        help="the API docs pages "
+        "/docs, /redoc, /openapi.json: off (default), open, or keyed (an API "
+        "key required); the pages load their scripts from a CDN",
+    )
+    parser.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        default=None,
+        help="listen on a non-loopback --host without API keys (refused "
+        "otherwise; or DETECTOR_ALLOW_INSECURE=true): a trusted, isolated "
+        "network only",
+    )
+    parser.add_argument("--ssl-certfile", help="TLS certificate (PEM): serve HTTPS")
+    parser.add_argument("--ssl-keyfile", help="TLS private key (PEM) of --ssl-certfile")
+    parser.add_argument(
+        "--ssl-ca-certs",
+        help="CA bundle (PEM): require client certificates signed by it (mutual TLS)",
+    )
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
                         help="seconds in-flight requests get after SIGTERM")  # fmt: skip
     parser.set_defaults(func=run)
@@ -64,7 +135,9 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     from serve.settings import load_settings
 
     given: dict[str, Any] = {
-        name: getattr(args, name) for name in SETTINGS_FLAGS if getattr(args, name) is not None
+        name: getattr(args, name)
+        for name in SETTINGS_FLAGS + PROTECTION_FLAGS
+        if getattr(args, name) is not None
     }
     for name in ("providers", "api_keys", "cors_origins"):
         value = getattr(args, name)
@@ -85,22 +158,77 @@ def access_log_to_stdout() -> None:
     access.propagate = False
 
 
-def run(args: argparse.Namespace) -> int:
+class _HeadDeadline:
+    """Mixed into uvicorn's HTTP protocol class: a connection must send a complete request head
+    within ``head_timeout_s`` of opening, and of the end of its previous answer (including the
+    rest of a body the server answered without reading), else it is closed. uvicorn's keep-alive
+    timeout alone is reset by every byte, so a client sending a byte now and then held a
+    connection forever."""
+
+    head_timeout_s: float = 10.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle  # type: ignore[attr-defined]
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not cycle:  # type: ignore[attr-defined]  # a request head arrived
+            self._disarm_head_timer()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle  # type: ignore[attr-defined]
+        super().on_response_complete()  # type: ignore[misc]
+        transport = self.transport  # type: ignore[attr-defined]
+        if self.cycle is cycle and not transport.is_closing():  # type: ignore[attr-defined]
+            self._arm_head_timer()  # no pipelined request waiting: wait for the next head
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self.head_timeout_s, self._head_late)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        transport = self.transport  # type: ignore[attr-defined]
+        if not transport.is_closing():
+            transport.close()
+
+
+def head_deadline_protocol(seconds: float) -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11: what ``http="auto"`` picks)
+    with a request-head deadline of ``seconds`` (:class:`_HeadDeadline`)."""
+    try:
+        import httptools  # noqa: F401
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    return type(f"HeadDeadline{base.__name__}", (_HeadDeadline, base), {"head_timeout_s": seconds})
+
+
+def uvicorn_config(app: Any, settings: Any, graceful_timeout: float = 30.0) -> Any:
+    """The ``uvicorn.Config`` of ``detector serve``: one worker, our access log, the connection
+    bound (``max_connections``), the request-head deadline, and TLS when certificates are
+    given (client certificates required with ``ssl_ca_certs``)."""
     import uvicorn
 
-    from serve.app import create_app
-    from serve.runtime.predictor import backend_for
-    from serve.state import load_predictor
-
-    settings = settings_from_args(args)
-    if not Path(settings.model).is_file():
-        raise FileNotFoundError(f"{settings.model}: no such model file")
-    if settings.backend is None:
-        backend_for(settings.model)  # an unknown suffix is a clear error before starting
-    predictor = load_predictor(settings)  # a bad file is an "error: ..." line, not a traceback
-    access_log_to_stdout()
-    app = create_app(settings, predictor)
-    config = uvicorn.Config(
+    tls: dict[str, Any] = {}
+    if settings.ssl_certfile is not None:
+        tls = {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}
+        if settings.ssl_ca_certs is not None:
+            tls |= {"ssl_ca_certs": str(settings.ssl_ca_certs), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -108,8 +236,35 @@ def run(args: argparse.Namespace) -> int:
         log_config=None,  # the CLI's logging set-up
         access_log=False,  # ours (JSON, with request ids) replaces uvicorn's
         server_header=False,
-        timeout_graceful_shutdown=max(int(args.graceful_timeout), 1),
+        timeout_graceful_shutdown=max(int(graceful_timeout), 1),
+        limit_concurrency=settings.max_connections,
+        http=head_deadline_protocol(settings.header_timeout_s),
+        **tls,
     )
-    server = uvicorn.Server(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serve.app import create_app
+    from serve.runtime.predictor import backend_for
+    from serve.settings import check_exposure
+    from serve.state import load_predictor
+
+    settings = settings_from_args(args)
+    check_exposure(settings)  # a network address without keys is refused before anything loads
+    if not Path(settings.model).is_file():
+        raise FileNotFoundError(f"{settings.model}: no such model file")
+    if settings.backend is None:
+        backend_for(settings.model)  # an unknown suffix is a clear error before starting
+    predictor = load_predictor(settings)  # a bad file is an "error: ..." line, not a traceback
+    access_log_to_stdout()
+    app = create_app(settings, predictor)
+    if not settings.loopback_only and settings.ssl_certfile is None:
+        logging.getLogger(__name__).warning(
+            "serving %s over plain HTTP: API keys cross the network in clear text; give "
+            "--ssl-certfile/--ssl-keyfile or terminate TLS in front of the server", settings.host
+        )  # fmt: skip
+    server = uvicorn.Server(uvicorn_config(app, settings, args.graceful_timeout))
     server.run()
     return 0 if server.started else 1

@@ -20,12 +20,22 @@ is refused at once (:class:`QueueFull`, the server's 503), and one whose deadlin
 :class:`DeadlineExceeded` (504) instead of an answer nobody waits for any more. Requests that
 expire or are abandoned before their batch starts are dropped without running.
 
-A request that is still being read and decoded is waiting for inference too: the server
-*reserves* its place (:meth:`DynamicBatcher.reserve`) when it arrives, before its body is read,
-and refuses it then if the queue plus the reservations are full. Without that, every request
-that arrived while the queue had room was read and decoded first and only refused on submit,
-behind the decoding of all the others (see BENCHMARKS.md, 'Overload: 503s'). The reservation is
-held for the request's task (:func:`holding`) and becomes its place in the queue on submit.
+A request that is still being decoded is waiting for inference too: the server refuses a
+request on arrival when the queue plus the reservations are full (:attr:`DynamicBatcher.has_room`,
+before its body is read), and *reserves* its place (:meth:`Reservation.acquire`) once its body
+has arrived, refusing it then if the queue filled up meanwhile. Without a reservation, every
+request that arrived while the queue had room was read and decoded first and only refused on
+submit, behind the decoding of all the others (see BENCHMARKS.md, 'Overload: 503s'); reserving
+only once the body is in means a client that sends its body slowly, or never, holds no place.
+The reservation is held for the request's task (:func:`holding`) and becomes its place in the
+queue on submit.
+
+Health: after ``unhealthy_after`` failed batches in a row (a backend that raises on every run,
+e.g. after a sticky CUDA error), or when the collector task has died, or when every lane has been
+running one batch for longer than ``stuck_after_s``, :attr:`DynamicBatcher.health_problem` says
+why (the server's readiness turns 503). While batches keep failing, the batcher runs a probe
+batch of one image (zeros of the last batch's image shape) every ``probe_interval_s`` on a free
+lane; the first that succeeds makes it healthy again, as does any batch that succeeds.
 
 Each image may come with a *finisher* (the server's post-processing with the request's own
 thresholds): it runs on the lane thread as soon as the batch's network run is done, so a
@@ -72,6 +82,11 @@ class BatcherClosed(RuntimeError):
     """The batcher is not running (not started yet, or shutting down)."""
 
 
+class InferenceFailed(RuntimeError):
+    """The network's run raised for the request's batch (logged with its traceback once, by
+    the batcher; the cause is the original exception)."""
+
+
 @dataclass
 class BatchResult:
     """One request's share of a batch: its rows of every output (batch dimension kept, 1)."""
@@ -85,12 +100,26 @@ class BatchResult:
 
 
 class Reservation:
-    """A place in a batcher's queue held for one request from its arrival until its images are
-    queued (:meth:`DynamicBatcher.submit_many` takes it over) or it ends without them."""
+    """A place in a batcher's queue for one request: taken with :meth:`acquire` (once the
+    request's body has arrived; :meth:`DynamicBatcher.reserve` takes it at once) and held until
+    its images are queued (:meth:`DynamicBatcher.submit_many` takes it over) or it ends without
+    them."""
 
-    def __init__(self, batcher: DynamicBatcher) -> None:
+    def __init__(self, batcher: DynamicBatcher, held: bool = True) -> None:
         self.batcher = batcher
+        self.held = held
+        if held:
+            batcher._reserved += 1
+
+    def acquire(self) -> bool:
+        """Take the place now; ``False`` when ``queue_size`` requests are already pending."""
+        if self.held:
+            return True
+        if not self.batcher.has_room:
+            return False
+        self.batcher._reserved += 1
         self.held = True
+        return True
 
     def release(self) -> None:
         """Give the place back (idempotent)."""
@@ -139,6 +168,10 @@ class DynamicBatcher:
         observer: optional callback ``(batch_size, inference_seconds)`` after each batch (metrics),
             called on the event loop.
         lanes: most batches running at once (worker threads); 1 runs one batch at a time.
+        unhealthy_after: failed batches in a row that make it unhealthy.
+        probe_interval_s: seconds between probe runs while unhealthy from failed batches.
+        stuck_after_s: a batch running longer than this holds a stuck lane; every lane stuck
+            is unhealthy (``None``: never).
     """
 
     def __init__(
@@ -149,8 +182,11 @@ class DynamicBatcher:
         queue_size: int,
         observer: BatchObserver | None = None,
         lanes: int = 1,
+        unhealthy_after: int = 3,
+        probe_interval_s: float = 1.0,
+        stuck_after_s: float | None = None,
     ) -> None:
-        if max_batch < 1 or queue_size < 1 or max_delay_s < 0 or lanes < 1:
+        if max_batch < 1 or queue_size < 1 or max_delay_s < 0 or lanes < 1 or unhealthy_after < 1:
             raise ValueError(
                 f"need max_batch >= 1, queue_size >= 1, max_delay_s >= 0, lanes >= 1; got "
                 f"{max_batch}, {queue_size}, {max_delay_s}, {lanes}"
@@ -167,7 +203,13 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._free_lanes: asyncio.Semaphore | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()  # batches running
+        self._in_flight: dict[asyncio.Task[None], float] = {}  # batches running: their start
+        self.unhealthy_after = unhealthy_after
+        self.probe_interval_s = probe_interval_s
+        self.stuck_after_s = stuck_after_s
+        self.failures = 0  # batches failed in a row
+        self._image_shape: tuple[int, ...] | None = None  # of the last batch, for probes
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def depth(self) -> int:
@@ -184,17 +226,40 @@ class DynamicBatcher:
         """Requests waiting for inference: queued, or admitted and still being read/decoded."""
         return len(self._waiting) + self._reserved
 
+    @property
+    def has_room(self) -> bool:
+        """Fewer than ``queue_size`` requests are pending: a new one may come in."""
+        return self.pending < self.queue_size
+
     def reserve(self) -> Reservation | None:
-        """Hold a place for a request that has just arrived, or ``None`` when ``queue_size``
-        requests are already pending (refuse it: nothing of it needs to be read)."""
-        if self.pending >= self.queue_size:
-            return None
-        self._reserved += 1
-        return Reservation(self)
+        """Hold a place now, or ``None`` when ``queue_size`` requests are already pending."""
+        return Reservation(self) if self.has_room else None
+
+    def reservation(self) -> Reservation:
+        """A place not taken yet: :meth:`Reservation.acquire` takes it (once the request's body
+        has arrived), :func:`holding` hands it to ``submit_many``."""
+        return Reservation(self, held=False)
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def health_problem(self) -> str | None:
+        """Why inference cannot be trusted now, or ``None`` when it is healthy."""
+        if self._task is None:
+            return "the batcher is not running"
+        if self._task.done():
+            return "the batcher's collector task has stopped"
+        if self.failures >= self.unhealthy_after:
+            return (f"the last {self.failures} batches failed; probing the model every "
+                    f"{self.probe_interval_s:g} s")  # fmt: skip
+        if self.stuck_after_s is not None and len(self._in_flight) >= self.lanes:
+            now = time.perf_counter()
+            if all(now - start > self.stuck_after_s for start in self._in_flight.values()):
+                return (f"every lane ({self.lanes}) has been running one batch for more than "
+                        f"{self.stuck_after_s:g} s")  # fmt: skip
+        return None
 
     async def start(self) -> None:
         """Start the collector task and the worker threads (call from the event loop)."""
@@ -204,17 +269,21 @@ class DynamicBatcher:
         self._free_lanes = asyncio.Semaphore(self.lanes)
         self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="inference")
         self._task = asyncio.create_task(self._collect(), name="batcher")
+        self._watch = asyncio.create_task(self._probe_while_failing(), name="batcher-probe")
 
     async def stop(self) -> None:
         """Stop collecting; the batches running finish and answer their requests first, then
         the requests still waiting get :class:`BatcherClosed`."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        for task in (self._watch, self._task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # noqa: BLE001 - a collector that died is logged already
+                    pass
+        self._watch = self._task = None
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         while self._waiting:
@@ -295,13 +364,34 @@ class DynamicBatcher:
                 self._free_lanes.release()
                 raise
             task = asyncio.create_task(self._run_batch(batch), name="batch")
-            self._in_flight.add(task)
+            self._in_flight[task] = time.perf_counter()
             task.add_done_callback(self._lane_freed)
 
     def _lane_freed(self, task: asyncio.Task[None]) -> None:
         assert self._free_lanes is not None
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         self._free_lanes.release()
+
+    async def _probe_while_failing(self) -> None:
+        """Every ``probe_interval_s``, while the last ``unhealthy_after`` batches failed, run one
+        image (zeros of the last batch's image shape) when a lane is idle; success ends the
+        streak."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.probe_interval_s)
+            if self.failures < self.unhealthy_after or self._image_shape is None:
+                continue
+            if len(self._in_flight) >= self.lanes:  # every lane busy: no room for a probe now
+                continue
+            probe = np.zeros((1, *self._image_shape), np.float32)
+            try:
+                await loop.run_in_executor(self._executor, self.run, probe)
+            except Exception as exc:  # noqa: BLE001 - still failing: probe again later
+                logger.warning("probe batch failed (%s: %s)", type(exc).__name__, exc)
+                continue
+            if self.failures >= self.unhealthy_after:
+                logger.warning("probe batch succeeded after %d failed batches", self.failures)
+            self.failures = 0
 
     async def _next_batch(self) -> list[_Item]:
         """The next batch: wait for a first image, then up to ``max_delay`` for others."""
@@ -339,14 +429,20 @@ class DynamicBatcher:
     async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        self._image_shape = batch[0].image.shape
         try:
             seconds, answers = await loop.run_in_executor(self._executor, self._timed_run, batch)
         except Exception as exc:  # noqa: BLE001 - the failure belongs to the requests
-            logger.exception("inference failed for a batch of %d", len(batch))
+            self.failures += 1
+            if self.failures <= self.unhealthy_after:  # then the probes report, not each batch
+                logger.exception("inference failed for a batch of %d", len(batch))
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(exc)
+                    failed = InferenceFailed(f"inference failed ({type(exc).__name__})")
+                    failed.__cause__ = exc
+                    item.future.set_exception(failed)
             return
+        self.failures = 0
         if self.observer is not None:
             self.observer(len(batch), seconds)
         for item, (rows, finished, finish_s, error) in zip(batch, answers):

@@ -21,8 +21,11 @@ def serve_onnx(nano_onnx: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(serve_onnx: Path, tmp_path_factory: pytest.TempPathFactory):
     """``detector serve`` on ``serve_onnx`` in a real uvicorn process on 127.0.0.1, batching
-    with a 5 ms wait; one per test module (modules that need other flags define their own)."""
-    live = LiveServer(serve_onnx, tmp_path_factory.mktemp("live"), "--max-delay-ms", "5")
+    with a 5 ms wait, its docs pages on (off by default); one per test module (modules that need
+    other flags define their own)."""
+    live = LiveServer(
+        serve_onnx, tmp_path_factory.mktemp("live"), "--max-delay-ms", "5", "--docs", "open"
+    )
     yield live
     live.stop()
 

@@ -42,7 +42,7 @@ def test_ready_only_inside_the_lifespan(serve_onnx):
 
 
 def test_api_keys(serve_onnx):
-    with app_for(serve_onnx, api_keys=["k-one", "k-two"]) as client:
+    with app_for(serve_onnx, api_keys=["k-one", "k-two"], docs="open") as client:
         missing = upload(client)
         assert missing.status_code == 401 and missing.json()["error"] == "unauthorized"
         assert missing.headers["www-authenticate"] == "Bearer"

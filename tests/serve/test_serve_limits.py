@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -176,3 +178,43 @@ def test_a_damaged_exif_block_is_never_a_server_error():
             except ImageError:
                 outcomes.add("refused")
     assert "decoded" in outcomes
+
+
+@pytest.mark.parametrize(
+    ("depth", "colour", "refused"),
+    [(16, 6, True), (16, 2, True), (8, 6, False), (16, 0, False), (8, 3, False)],
+)
+def test_decoded_bytes_are_checked_from_the_header(depth, colour, refused):
+    """Within the pixel limit, an image may still decode to more than 4 bytes per allowed
+    pixel: 16-bit RGBA (8) and RGB (6) are 413 before decoding; 8-bit RGBA, 16-bit gray and
+    palettes pass that check and decode."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from serve_bombs import png
+
+    data = png(1000, 1000, colour, depth)
+    if refused:
+        with pytest.raises(ImageTooLarge, match="decodes to"):
+            decode_image(data, 1_000_000)
+    else:
+        assert decode_image(data, 1_000_000).shape == (1000, 1000, 3)
+
+
+def test_16_bit_and_palette_images_decode_to_bgr_with_the_high_byte():
+    gray16 = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).astype(np.uint16)
+    out = decode_image(cv2.imencode(".png", gray16)[1].tobytes(), LIMIT)
+    np.testing.assert_array_equal(out[..., 0], (gray16 >> 8).astype(np.uint8))
+    palette = Image.fromarray(colourful()[..., ::-1]).convert("P")
+    out = decode_image(pil_bytes(palette, "PNG"), LIMIT)
+    expected = np.asarray(palette.convert("RGB"))[..., ::-1]
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("token", ["\u00b2", "\u0663", "9" * 5000, "-1", "1.0"])
+def test_class_ids_are_ascii_digits(token):
+    """A token that is not a class name nor a short ASCII number is an unknown class (the
+    server's 422/400), never an exception int() raises."""
+    from serve.runtime.predictor import UnknownClassError, resolve_classes
+
+    with pytest.raises(UnknownClassError):
+        resolve_classes([token], ["a", "b"])
+    assert resolve_classes(["1,a"], ["a", "b"]) == [0, 1]
