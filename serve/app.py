@@ -24,6 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from serve.errors import RETRY_AFTER_S, install_error_handlers
 from serve.http_middleware import (
     AdmissionMiddleware,
+    BodyBudget,
     BodyLimitMiddleware,
     RequestContextMiddleware,
 )
@@ -64,7 +65,9 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     # the last added is the outermost: request ids -> keys and admission (from the headers) ->
     # body limit and deadline -> routes
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       timeout_s=settings.body_timeout_s)  # fmt: skip
+                       timeout_s=settings.body_timeout_s,
+                       budget=BodyBudget(settings.max_bodies_bytes),
+                       retry_after_s=RETRY_AFTER_S)  # fmt: skip
     inference = v1_routes.INFERENCE_PATHS + infer_paths(settings.name)
     app.add_middleware(AdmissionMiddleware, paths=inference, admit=state.admit,
                        refuse=state.refuse, keys=settings.api_keys,

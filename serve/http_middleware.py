@@ -80,6 +80,31 @@ def given_key(scope: Scope) -> str | None:
     return _header(scope, b"x-api-key")
 
 
+class BodyBudget:
+    """Bytes of request bodies held at once, all requests together: uploads in progress and
+    bodies not yet answered. ``max_body_bytes`` bounds one request; this bounds their sum, so
+    ``--max-connections`` clients uploading at once cannot hold ``max_connections x
+    max_body_bytes``. Used from the event loop only (no lock needed)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Hold ``size`` more bytes if they fit under the limit; ``False`` (nothing held) else."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+class _BodyBusy(Exception):
+    """The bodies held at once would pass the server's budget."""
+
+
 class _BodyOverflow(Exception):
     """Raised from ``receive`` once the body passes the limit (control flow inside
     :class:`BodyLimitMiddleware`, which answers 413 itself; never reaches a handler)."""
@@ -102,10 +127,19 @@ class BodyLimitMiddleware:
     request's headers (a slow or stalled upload cannot hold a connection, a decode slot or a
     queue place for longer)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_s: float | None = None,
+        budget: BodyBudget | None = None,
+        retry_after_s: int = 1,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.budget = budget
+        self.retry_after = str(retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,13 +159,40 @@ class BodyLimitMiddleware:
                                   request_id, path)  # fmt: skip
                 await send_json(send, 413, body, [(b"connection", b"close")])
                 return
+        held = int(declared) if declared is not None and self.budget is not None else 0
+        if held and not self.budget.take(held):  # type: ignore[union-attr]
+            await self._busy(send, request_id, path)
+            return
+        holding = [held]  # bytes of the budget this request holds, grown as its body streams
+        try:
+            await self._limited(scope, receive, send, message, holding)
+        finally:
+            if self.budget is not None:
+                self.budget.give(holding[0])
+
+    async def _busy(self, send: Send, request_id: str | None, path: str) -> None:
+        limit = self.budget.limit if self.budget is not None else 0
+        busy = (f"the server holds {limit} bytes of request bodies at once, its limit; retry "
+                "shortly")  # fmt: skip
+        body = error_body("overloaded", busy, request_id, path)
+        headers = [(b"retry-after", self.retry_after), (b"connection", b"close")]
+        await send_json(send, 503, body, headers)
+
+    async def _limited(
+        self, scope: Scope, receive: Receive, send: Send, message: str, holding: list[int]
+    ) -> None:
+        """Run the request with its body counted against ``max_bytes``, the deadline and the
+        budget (``holding[0]``: the bytes of it this request holds, from its ``Content-Length``
+        at first, grown here when more arrives)."""
+        request_id = scope.get("state", {}).get("request_id")
+        path = scope.get("path", "")
         received = 0
-        overflow = timed_out = body_done = started = False
+        overflow = timed_out = body_done = started = busy = False
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received, overflow, timed_out, body_done
+            nonlocal received, overflow, timed_out, body_done, busy
             if body_done or deadline is None:
                 incoming = await receive()
             else:
@@ -147,11 +208,17 @@ class BodyLimitMiddleware:
                 if received > self.max_bytes:
                     overflow = True
                     raise _BodyOverflow(message)
+                extra = received - holding[0]
+                if extra > 0 and self.budget is not None:
+                    if not self.budget.take(extra):
+                        busy = True
+                        raise _BodyBusy
+                    holding[0] += extra
             return incoming
 
         async def guarded_send(outgoing: Message) -> None:
             nonlocal started
-            if overflow or timed_out:  # whatever the app made of the exception, we answer
+            if overflow or timed_out or busy:  # whatever the app made of the exception, we answer
                 return
             if outgoing["type"] == "http.response.start":
                 started = True
@@ -159,11 +226,13 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, guarded_send)
-        except (_BodyOverflow, _BodyTimeout):
+        except (_BodyOverflow, _BodyTimeout, _BodyBusy):
             pass
         if started:
             return
-        if overflow:
+        if busy:
+            await self._busy(send, request_id, path)
+        elif overflow:
             body = error_body("body_too_large", message, request_id, path)
             await send_json(send, 413, body, [(b"connection", b"close")])
         elif timed_out:

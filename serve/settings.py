@@ -154,6 +154,11 @@ class ServeSettings(BaseSettings):
         8 * 1024 * 1024, ge=1024, description="largest request body, also once decompressed "
         "(else 413)"
     )  # fmt: skip
+    max_bodies_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="request bodies held at once, all requests "
+        "together (uploads in progress and bodies not yet answered); past it a request gets 503 "
+        "+ Retry-After, so many clients uploading at once cannot exhaust memory"
+    )  # fmt: skip
     max_pixels: int = Field(
         40_000_000, ge=1, description="largest image (width x height, read from its header "
         "before decoding; else 413)"
@@ -209,6 +214,11 @@ class ServeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> ServeSettings:
+        if self.max_bodies_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"--max-bodies-bytes ({ENV_PREFIX}MAX_BODIES_BYTES) {self.max_bodies_bytes} is "
+                f"smaller than --max-body-bytes {self.max_body_bytes}: one body would never fit"
+            )
         if any(not key.get_secret_value() for key in self.api_keys):
             raise ValueError("api_keys: an API key may not be empty")
         if not self.api_keys and (self.metrics_key_required or self.docs == "keyed"):

@@ -23,8 +23,8 @@ from typing import Any
 # flag dest -> ServeSettings field, for the flags that map one to one
 SETTINGS_FLAGS = (
     "model", "backend", "device", "threads", "lanes", "max_batch", "max_delay_ms", "queue_size",
-    "timeout_s", "max_body_bytes", "max_pixels", "max_images", "decode_workers", "host", "port",
-    "name", "allow_engine_host_code",
+    "timeout_s", "max_body_bytes", "max_bodies_bytes", "max_pixels", "max_images",
+    "decode_workers", "host", "port", "name", "allow_engine_host_code",
 )  # fmt: skip
 # the flags of the server's protection: limits on clients, health, exposure, TLS
 PROTECTION_FLAGS = (
@@ -54,13 +54,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "thread (>1: ONNX Runtime only; default 2 on the CPU, else 1)")  # fmt: skip
     parser.add_argument("--max-batch", type=int, help="largest dynamic batch (default 8)")
     parser.add_argument("--max-delay-ms", type=float, help="batching wait (default 0)")
-    parser.add_argument("--queue-size", type=int, help="waiting requests before 503 (default 64)")
+    parser.add_argument("--queue-size", type=int, help="waiting requests before 503 (default 32)")
     parser.add_argument("--timeout-s", type=float, help="request deadline before 504 (default 10)")
-    parser.add_argument("--max-body-bytes", type=int, help="largest body (default 20 MiB)")
+    parser.add_argument("--max-body-bytes", type=int,
+                        help="largest body, also once decompressed (default 8 MiB)")  # fmt: skip
+    parser.add_argument("--max-bodies-bytes", type=int, help="request bodies held at once, all "
+                        "requests together, before 503 (default 256 MiB)")  # fmt: skip
     parser.add_argument("--max-pixels", type=int, help="largest image in pixels (default 40M)")
     parser.add_argument("--max-images", type=int, help="most images per batch request (32)")
     parser.add_argument("--name", help="model name in the v2 API, /v2/models/NAME (detector)")
-    parser.add_argument("--decode-workers", type=int, help="images decoded at once (the cores)")
+    parser.add_argument(
+        "--decode-workers", type=int, help="images decoded at once (default: 2, or 1 on one core)"
+    )
     parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
                         help="accepted API key (repeatable; prefer DETECTOR_API_KEYS, which "
                         "other users cannot read from the process list)")  # fmt: skip

@@ -158,6 +158,7 @@ def test_readiness_follows_a_backend_that_fails_and_recovers(serve_onnx, tmp_pat
         assert ready() == (200, 200, 200)
         assert detect().status_code == 500  # the second in a row (500 inference_failed)
         assert ready() == (503, 503, 503)
+        assert "inference is failing" in http.get("/v2/health/ready").json()["error"]
         assert http.get("/healthz").status_code == 200  # the process is alive all the same
         refused = detect()
         assert refused.status_code == 503 and "inference is failing" in refused.json()["message"]

@@ -252,3 +252,54 @@ def test_uvicorn_is_told_the_limits_and_tls(tmp_path, serve_onnx):
     assert config.ssl_certfile == str(tmp_path / "cert.pem")
     assert config.ssl_ca_certs == str(tmp_path / "ca.pem")
     assert config.ssl_cert_reqs == ssl.CERT_REQUIRED
+
+
+@pytest.fixture(scope="module")
+def small_budget(serve_onnx, tmp_path_factory):
+    """Bodies of at most 64 KiB, at most 128 KiB of them held at once."""
+    live = LiveServer(
+        serve_onnx, tmp_path_factory.mktemp("live_small_budget"), "--api-key", KEY,
+        "--max-body-bytes", "65536", "--max-bodies-bytes", "131072",
+    )  # fmt: skip
+    yield live
+    live.stop()
+
+
+def test_bodies_held_at_once_are_bounded(small_budget):
+    """Two uploads of 60,000 declared bytes that stall hold 120,000 of the 131,072 bytes: a
+    third is refused 503 from its headers, and a chunked upload (no Content-Length) as soon as
+    its streamed bytes pass what is left; once the stalled ones go, the budget is back."""
+    image = encode(noise(64, 64, 3))
+    stalled = [connect(small_budget) for _ in range(2)]
+    try:
+        for sock in stalled:
+            sock.sendall(head("/v1/detect", 60_000, KEY) + part_opening())
+        with small_budget.client() as http:  # the two are in (a request after them is served)
+            assert http.get("/healthz").status_code == 200
+        with connect(small_budget) as sock:
+            sock.sendall(head("/v1/detect", 60_000, KEY))
+            answer = read_answer(sock)
+        assert status_of(answer) == 503 and b"retry-after: 1" in answer.lower(), answer[:300]
+        assert b"overloaded" in answer
+        with connect(small_budget) as sock:
+            chunked = head("/v1/detect", 0, KEY).replace(
+                b"Content-Length: 0", b"Transfer-Encoding: chunked"
+            )
+            sock.sendall(chunked)
+            for _ in range(4):  # 4 x 8 KiB: past the 11,072 bytes left
+                piece = b"x" * 8192
+                sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            answer, _ = read_until_closed(sock, MARGIN_S + 10)
+        assert status_of(answer) == 503 and b"overloaded" in answer, answer[:300]
+    finally:
+        for sock in stalled:
+            sock.close()
+    with small_budget.client() as http:
+        give_up = time.monotonic() + 30
+        while True:  # the stalled requests end when the server sees their clients gone
+            status = http.post("/v1/detect", files={"image": ("a.png", image)},
+                               headers={"X-API-Key": KEY}).status_code  # fmt: skip
+            if status == 200 or time.monotonic() > give_up:
+                break
+            time.sleep(0.2)
+        assert status == 200

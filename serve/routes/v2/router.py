@@ -196,8 +196,9 @@ def _check_version(request: Request) -> None:
 
 def _readiness(state: ServerState) -> Response:
     """200 with an empty body when serving, else 503 ``not_ready`` with ``Retry-After``."""
-    if not state.serving:
-        raise NotReady("the model is not loaded yet")
+    problem = state.not_serving
+    if problem is not None:
+        raise NotReady(problem)
     return Response(status_code=200)
 
 
