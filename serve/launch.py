@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-STARTED = re.compile(r"Uvicorn running on http://(\S+?):(\d+)")
+STARTED = re.compile(r"Uvicorn running on (https?)://(\S+?):(\d+)")
 """uvicorn's start-up line (on stderr), which carries the port the server listens on."""
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server only
@@ -65,6 +66,8 @@ class ServerProcess:
         env: variables added to the child's environment (after ``DETECTOR_*`` were dropped).
         cwd: the child's working directory (default: the caller's).
         stop_timeout: seconds :meth:`stop` waits after SIGTERM before SIGKILL.
+        cafile: the CA (or self-signed certificate) to trust when the server serves HTTPS
+            (``--ssl-certfile``); the scheme is read from uvicorn's start-up line.
 
     Use as a context manager (started on entry, stopped on exit even when the body raised), or
     call :meth:`start` and :meth:`stop`.
@@ -83,6 +86,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
         stop_timeout: float = 20.0,
+        cafile: str | Path | None = None,
     ) -> None:
         self.model = Path(model)
         self.log = Path(log)
@@ -94,16 +98,18 @@ class ServerProcess:
         self.env = dict(env or {})
         self.cwd = cwd
         self.stop_timeout = stop_timeout
+        self.cafile = cafile
+        self.scheme = "https" if any(a.startswith("--ssl-certfile") for a in self.args) else "http"
         self.process: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
         self.killed = False  # True when SIGTERM did not stop it in time
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT`` (the port is known once :meth:`start` returned, or given)."""
+        """``http(s)://HOST:PORT`` (the port is known once :meth:`start` returned, or given)."""
         if self.port is None:
             raise ServerError("the server's port is known only once it has started")
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def stopped_cleanly(self) -> bool:
@@ -151,7 +157,7 @@ class ServerProcess:
                 if self.port is None:
                     match = STARTED.search(self.log_text())
                     if match:
-                        self.port = int(match.group(2))
+                        self.scheme, self.port = match.group(1), int(match.group(3))
                 if self.port is not None and self._ready():
                     return self
                 if time.monotonic() > deadline:
@@ -166,7 +172,13 @@ class ServerProcess:
 
     def _ready(self) -> bool:
         try:
-            with _NO_PROXY.open(f"{self.url}/readyz", timeout=2) as response:
+            opener = _NO_PROXY
+            if self.scheme == "https":
+                context = ssl.create_default_context(cafile=self.cafile)
+                opener = urllib.request.build_opener(
+                    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+                )
+            with opener.open(f"{self.url}/readyz", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False  # not listening yet, or 503 while the model warms up
