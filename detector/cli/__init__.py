@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "eval": "evaluate",
     "predict": "predict",
+    "track": "track",
     "export": "export",
     "serve": "serve",
     "bench": "bench",

@@ -1,0 +1,347 @@
+"""``detector track`` on video files: JSON lines, stable track ids, annotated video, batching of
+several sources, a missing source beside a good one, and SIGTERM mid-run.
+
+The model is a real ONNX file run by the serving runtime (ONNX Runtime, the same
+``Predictor`` as ``serve``), with nothing monkeypatched: a small hand-built graph that finds, per
+colour channel, the box around the pixels where that channel dominates (a pure blue, green or
+red shape on black) and outputs it in the raw ``[B, N, 5 + C]`` layout with objectness 1. The
+fixtures' random-weight networks (``lively``, ``nano_onnx``) give detections that jump from
+frame to frame, so they cannot show that a track follows a moving object; this graph detects
+the moving shapes of the test video exactly, so the tracker's ids can be checked.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from detector.cli import main
+from serve.runtime.predictor import Predictor
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ("blue", "green", "red")  # channel c of BGR dominates -> class c
+SIZE = 128
+WIDTH, HEIGHT = 160, 120
+
+
+def colour_finder_onnx(path: Path) -> Path:
+    """A raw-layout ONNX model (input ``images [B, 3, 128, 128]``, dynamic batch) whose output
+    ``[B, 3, 8]`` holds, for each class c, the box around the pixels where channel c exceeds the
+    mean of the other two by 100, objectness 1 when there are any (else 0), and one-hot class
+    scores."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from serve.runtime.metadata import ModelMetadata, write_onnx_metadata
+
+    big = 1e6
+    consts = {
+        "xs": np.arange(SIZE, dtype=np.float32).reshape(1, 1, 1, SIZE),
+        "ys": np.arange(SIZE, dtype=np.float32).reshape(1, 1, SIZE, 1),
+        "half": np.float32(0.5),
+        "one": np.float32(1.0),
+        "big": np.float32(big),
+        "threshold": np.float32(100.0),
+        "eye": np.eye(3, dtype=np.float32)[None],
+        "zero": np.float32(0.0),
+    }
+    nodes = []
+    for c in range(3):
+        a, b = (k for k in range(3) if k != c)
+        for k in range(3):
+            nodes.append(helper.make_node("Slice", ["images", f"s{k}", f"e{k}", "ax1"],
+                                          [f"ch{k}_{c}"]))  # fmt: skip
+        nodes += [
+            helper.make_node("Add", [f"ch{a}_{c}", f"ch{b}_{c}"], [f"other{c}"]),
+            helper.make_node("Mul", [f"other{c}", "half"], [f"mean{c}"]),
+            helper.make_node("Sub", [f"ch{c}_{c}", f"mean{c}"], [f"dom{c}"]),
+            helper.make_node("Greater", [f"dom{c}", "threshold"], [f"gt{c}"]),
+            helper.make_node("Cast", [f"gt{c}"], [f"mask{c}"], to=TensorProto.FLOAT),
+        ]
+    for k in range(3):
+        consts[f"s{k}"] = np.array([k], np.int64)
+        consts[f"e{k}"] = np.array([k + 1], np.int64)
+    consts["ax1"] = np.array([1], np.int64)
+    nodes += [
+        helper.make_node("Concat", ["mask0", "mask1", "mask2"], ["m"], axis=1),  # [B, 3, H, W]
+        helper.make_node("Sub", ["one", "m"], ["notm"]),
+        helper.make_node("Mul", ["notm", "big"], ["away"]),
+    ]
+    for axis, grid in (("x", "xs"), ("y", "ys")):
+        nodes += [
+            helper.make_node("Mul", ["m", grid], [f"{axis}m"]),
+            helper.make_node("ReduceMax", [f"{axis}m"], [f"{axis}max"], axes=[2, 3], keepdims=0),
+            helper.make_node("Add", [f"{axis}max", "one"], [f"{axis}2"]),
+            helper.make_node("Add", [f"{axis}m", "away"], [f"{axis}far"]),
+            helper.make_node("ReduceMin", [f"{axis}far"], [f"{axis}1"], axes=[2, 3], keepdims=0),
+            helper.make_node("Add", [f"{axis}1", f"{axis}2"], [f"{axis}sum"]),
+            helper.make_node("Mul", [f"{axis}sum", "half"], [f"c{axis}"]),
+            helper.make_node("Sub", [f"{axis}2", f"{axis}1"], [f"{axis}len"]),
+        ]
+    nodes.append(helper.make_node("ReduceMax", ["m"], ["obj"], axes=[2, 3], keepdims=0))
+    columns = ["cx", "cy", "xlen", "ylen", "obj"]
+    for name in columns:
+        nodes.append(helper.make_node("Unsqueeze", [name, "last"], [f"{name}_u"]))
+    consts["last"] = np.array([2], np.int64)
+    nodes += [
+        helper.make_node("Mul", ["obj_u", "zero"], ["zeros"]),  # [B, 3, 1]
+        helper.make_node("Add", ["zeros", "eye"], ["onehot"]),  # [B, 3, 3]
+        helper.make_node("Concat", [f"{n}_u" for n in columns] + ["onehot"], ["output"], axis=2),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "colour_finder",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 8])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    metadata = ModelMetadata("colour_finder", CLASSES, (SIZE, SIZE), batch=None)
+    write_onnx_metadata(model, metadata)
+    onnx.save(model, str(path))
+    return path
+
+
+def red_box(t: int) -> tuple[int, int, int, int]:
+    """The red square's box in frame ``t``: 20 px, moving right 2 px a frame."""
+    return 10 + 2 * t, 30, 30 + 2 * t, 50
+
+
+def green_box(t: int) -> tuple[int, int, int, int]:
+    """The green square's box in frame ``t``: 16 px, moving down 1 px a frame."""
+    return 120, 10 + t, 136, 26 + t
+
+
+def write_video(path: Path, frames: int, fps: float = 25.0) -> Path:
+    """A black ``WIDTH x HEIGHT`` mp4v video of a red and a green square on straight paths."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (WIDTH, HEIGHT))
+    assert writer.isOpened()
+    for t in range(frames):
+        image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+        x1, y1, x2, y2 = red_box(t % 50)
+        image[y1:y2, x1:x2] = (0, 0, 255)
+        x1, y1, x2, y2 = green_box(t % 50)
+        image[y1:y2, x1:x2] = (0, 255, 0)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return colour_finder_onnx(tmp_path_factory.mktemp("track_model") / "colours.onnx")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("track_video") / "moving.mp4", 40)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def frame_count(path: Path) -> int:
+    """Frames OpenCV decodes from ``path`` (0 when it cannot open it)."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.isOpened() and capture.grab():
+        count += 1
+    capture.release()
+    return count
+
+
+def test_model_finds_the_shapes(model: Path) -> None:
+    """The test model through the serving runtime: the red and green squares' boxes."""
+    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    image[30:50, 10:30] = (0, 0, 255)
+    predictor = Predictor.from_path(model)
+    try:
+        (found,) = predictor.predict([image])
+    finally:
+        predictor.close()
+    assert found.classes.tolist() == [2]
+    np.testing.assert_allclose(found.boxes[0], [10, 30, 30, 50], atol=1.5)
+
+
+def test_track_writes_a_line_per_frame_with_stable_ids(
+    model: Path, video: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    code = main(["track", str(video), "--model", str(model), "--out", str(out)])
+    assert code == 0
+    records = read_jsonl(out / "moving.jsonl")
+    assert [r["frame"] for r in records] == list(range(40))
+    assert {r["source"] for r in records} == {"moving"}
+    assert [r["timestamp"] for r in records[:3]] == [0.0, 0.04, 0.08]  # 25 fps
+    for t, record in enumerate(records):
+        by_class = {d["class_name"]: d for d in record["detections"]}
+        assert set(by_class) == {"red", "green"}, record
+        np.testing.assert_allclose(by_class["red"]["box"], red_box(t), atol=3)
+        np.testing.assert_allclose(by_class["green"]["box"], green_box(t), atol=3)
+    ids = {
+        name: [next(d["track_id"] for d in r["detections"] if d["class_name"] == name)
+               for r in records]
+        for name in ("red", "green")
+    }  # fmt: skip
+    assert len(set(ids["red"])) == len(set(ids["green"])) == 1, ids
+    assert ids["red"][0] != ids["green"][0] and None not in ids["red"] + ids["green"]
+    assert frame_count(out / "moving.mp4") == 40
+
+
+def test_two_sources_run_in_one_batch(
+    model: Path, video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sources' frames go through one ``Predictor.run`` per step (a counting wrapper that
+    calls the real method), and both outputs are complete."""
+    second = write_video(tmp_path / "second.mp4", 25)
+    seen: list[int] = []
+    real_run = Predictor.run
+
+    def counting_run(self: Predictor, batch: np.ndarray) -> dict[str, np.ndarray]:
+        seen.append(len(batch))
+        return real_run(self, batch)
+
+    monkeypatch.setattr(Predictor, "run", counting_run)
+    out = tmp_path / "out"
+    code = main(["track", str(video), str(second), "--model", str(model), "--out", str(out)])
+    assert code == 0
+    # one frame of each while both last; then two of the longer one per run, one at its end
+    assert seen == [2] * 32 + [1]
+    assert [r["frame"] for r in read_jsonl(out / "moving.jsonl")] == list(range(40))
+    assert [r["frame"] for r in read_jsonl(out / "second.jsonl")] == list(range(25))
+    assert frame_count(out / "second.mp4") == 25
+
+
+@pytest.mark.parametrize("bad", ["file", "stream"])
+def test_failing_source_is_named_and_the_good_one_completes(
+    model: Path, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture, bad: str
+) -> None:
+    """A file that does not exist, or a stream whose server accepts and never answers (given
+    up after ``--open-timeout``)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    missing = str(tmp_path / "nowhere.mp4")
+    if bad == "stream":
+        missing = f"http://127.0.0.1:{listener.getsockname()[1]}/never"
+    try:
+        code = main(["track", missing, str(video), "--model", str(model), "--out",
+                     str(tmp_path / "out"), "--open-timeout", "1"])  # fmt: skip
+    finally:
+        listener.close()
+    assert code == 1
+    assert f"error: {missing}" in capsys.readouterr().err
+    assert len(read_jsonl(tmp_path / "out/moving.jsonl")) == 40
+
+
+def test_zones_are_counted_per_frame(model: Path, video: Path, tmp_path: Path) -> None:
+    """A line the red square crosses once (x = 60; its centre passes it at frame 20)."""
+    zones = tmp_path / "zones.yaml"
+    zones.write_text(
+        "anchor: center\nzones:\n  - name: left\n    polygon: [[0, 0], [60, 0], [60, 120], "
+        "[0, 120]]\nlines:\n  - name: gate\n    points: [[60, 0], [60, 120]]\n"
+    )
+    out = tmp_path / "out"
+    assert main(["track", str(video), "--model", str(model), "--out", str(out), "--zones",
+                 str(zones)]) == 0  # fmt: skip
+    records = read_jsonl(out / "moving.jsonl")
+    assert records[0]["zones"]["inside"]["left"] == {"red": 1}
+    assert records[-1]["zones"]["inside"]["left"] == {}
+    crossed = records[-1]["zones"]["crossings"]["gate"]
+    assert sum(sum(c.values()) for c in crossed.values()) == 1
+    assert sum(crossed["right_to_left"].values()) == 1  # top-to-bottom line, moving right
+
+
+@pytest.mark.parametrize(
+    ("option", "content", "message"),
+    [
+        ("--tracker", "high_threshold: [oops\n", "not valid YAML"),
+        ("--tracker", "nonsense: 1\n", "unknown fields"),
+        ("--zones", "lines:\n  - name: a\n    points: [[0, 0]]\n", "line 'a'"),
+    ],
+)
+def test_bad_yaml_is_a_clear_error(
+    model: Path, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+    option: str, content: str, message: str,
+) -> None:  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(content)
+    code = main(["track", str(video), "--model", str(model), option, str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and str(config) in err and "Traceback" not in err
+
+
+def test_missing_model_is_a_clear_error(
+    video: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(["track", str(video), "--model", str(tmp_path / "none.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "none.onnx: no such model file" in err
+
+
+class _Replay(http.server.BaseHTTPRequestHandler):
+    """Serves the same video file at every request: a live stream that drops at the end of
+    each pass and comes back when reopened."""
+
+    video = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server name
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(self.video)))
+        self.end_headers()
+        self.wfile.write(self.video)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_sigterm_mid_run_leaves_readable_outputs(model: Path, tmp_path: Path) -> None:
+    """``detector track`` on a live HTTP stream (which never ends by itself: it is reopened
+    after each pass) and a video file, in a subprocess; SIGTERM after the first JSON line."""
+    long_video = write_video(tmp_path / "long.mp4", 300)
+    _Replay.video = long_video.read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Replay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/live.mp4"
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "detector", "track", url, str(long_video), "--model", str(model),
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        live_jsonl = out / f"127.0.0.1_{server.server_address[1]}_live.mp4.jsonl"
+        while process.poll() is None and not (
+            live_jsonl.is_file() and live_jsonl.read_text().count("\n") >= 1
+        ):
+            time.sleep(0.05)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.shutdown()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    for name in (live_jsonl.stem, "long"):
+        records = read_jsonl(out / f"{name}.jsonl")  # every line parses
+        assert len(records) >= 1
+        assert frame_count(out / f"{name}.mp4") == len(records)
