@@ -123,7 +123,9 @@ def main() -> int:
 
     settle_s = args.settle * 60.0
     slope = rss_slope_mb_per_h(samples, settle_s)
-    server_errors = sum(n for status, n in counts.items() if not status.startswith("2"))
+    # 499: requests wrk still had in flight when its time was up (it closes their connections)
+    client_gone = counts.get("499", 0)
+    server_errors = sum(n for status, n in counts.items() if status[0] != "2" and status != "499")
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_name(),
@@ -132,6 +134,7 @@ def main() -> int:
         "wrk": load,
         "server_counts": counts,
         "server_errors": server_errors,
+        "client_gone_at_the_end": client_gone,
         "rss_first_mb": samples[0][1] if samples else None,
         "rss_after_settle_mb": next((mb for t, mb in samples if t >= settle_s), None),
         "rss_last_mb": samples[-1][1] if samples else None,
