@@ -90,15 +90,34 @@ class BodyBudget:
         self.limit = limit
         self.held = 0
 
-    def take(self, size: int) -> bool:
-        """Hold ``size`` more bytes if they fit under the limit; ``False`` (nothing held) else."""
-        if self.held + size > self.limit:
+    def hold(self) -> BodyHold:
+        """A new request's share of the budget, empty at first."""
+        return BodyHold(self)
+
+
+class BodyHold:
+    """The bytes of a :class:`BodyBudget` one request holds: grown as its body is declared or
+    streams in, given back in one go when the request ends."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def grow_to(self, size: int) -> bool:
+        """Hold ``size`` bytes in all (more than now) if they fit under the budget's limit;
+        ``False`` (nothing changed) else."""
+        extra = size - self.size
+        if extra <= 0:
+            return True
+        if self.budget.held + extra > self.budget.limit:
             return False
-        self.held += size
+        self.budget.held += extra
+        self.size = size
         return True
 
-    def give(self, size: int) -> None:
-        self.held -= size
+    def release(self) -> None:
+        self.budget.held -= self.size
+        self.size = 0
 
 
 class _BodyBusy(Exception):
@@ -140,35 +159,34 @@ class BodyLimitMiddleware:
         self.timeout_s = timeout_s
         self.budget = budget
         self.retry_after = str(retry_after_s).encode()
+        self.too_large = f"the request body is larger than the limit of {max_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = scope.get("state", {}).get("request_id")
+        request_id = _request_id(scope)
         path = scope.get("path", "")
         declared = _header(scope, b"content-length")
-        message = f"the request body is larger than the limit of {self.max_bytes} bytes"
         if declared is not None:
             if not declared.isdigit():
                 body = error_body("bad_request", "invalid Content-Length", request_id, path)
                 await send_json(send, 400, body, [(b"connection", b"close")])
                 return
             if int(declared) > self.max_bytes:
-                body = error_body("body_too_large", f"{message} ({declared} bytes declared)",
+                body = error_body("body_too_large", f"{self.too_large} ({declared} bytes declared)",
                                   request_id, path)  # fmt: skip
                 await send_json(send, 413, body, [(b"connection", b"close")])
                 return
-        held = int(declared) if declared is not None and self.budget is not None else 0
-        if held and not self.budget.take(held):  # type: ignore[union-attr]
+        hold = self.budget.hold() if self.budget is not None else None
+        if hold is not None and declared is not None and not hold.grow_to(int(declared)):
             await self._busy(send, request_id, path)
             return
-        holding = [held]  # bytes of the budget this request holds, grown as its body streams
         try:
-            await self._limited(scope, receive, send, message, holding)
+            await self._limited(scope, receive, send, request_id, path, hold)
         finally:
-            if self.budget is not None:
-                self.budget.give(holding[0])
+            if hold is not None:
+                hold.release()
 
     async def _busy(self, send: Send, request_id: str | None, path: str) -> None:
         limit = self.budget.limit if self.budget is not None else 0
@@ -179,13 +197,11 @@ class BodyLimitMiddleware:
         await send_json(send, 503, body, headers)
 
     async def _limited(
-        self, scope: Scope, receive: Receive, send: Send, message: str, holding: list[int]
-    ) -> None:
+        self, scope: Scope, receive: Receive, send: Send, request_id: str | None, path: str,
+        hold: BodyHold | None,
+    ) -> None:  # fmt: skip
         """Run the request with its body counted against ``max_bytes``, the deadline and the
-        budget (``holding[0]``: the bytes of it this request holds, from its ``Content-Length``
-        at first, grown here when more arrives)."""
-        request_id = scope.get("state", {}).get("request_id")
-        path = scope.get("path", "")
+        budget (``hold``: this request's share, grown as its body arrives)."""
         received = 0
         overflow = timed_out = body_done = started = busy = False
         loop = asyncio.get_running_loop()
@@ -207,13 +223,10 @@ class BodyLimitMiddleware:
                 body_done = not incoming.get("more_body", False)
                 if received > self.max_bytes:
                     overflow = True
-                    raise _BodyOverflow(message)
-                extra = received - holding[0]
-                if extra > 0 and self.budget is not None:
-                    if not self.budget.take(extra):
-                        busy = True
-                        raise _BodyBusy
-                    holding[0] += extra
+                    raise _BodyOverflow(self.too_large)
+                if hold is not None and not hold.grow_to(received):
+                    busy = True
+                    raise _BodyBusy
             return incoming
 
         async def guarded_send(outgoing: Message) -> None:
@@ -233,7 +246,7 @@ class BodyLimitMiddleware:
         if busy:
             await self._busy(send, request_id, path)
         elif overflow:
-            body = error_body("body_too_large", message, request_id, path)
+            body = error_body("body_too_large", self.too_large, request_id, path)
             await send_json(send, 413, body, [(b"connection", b"close")])
         elif timed_out:
             late = (f"the request body did not arrive within {self.timeout_s:g} s of its headers "

@@ -84,11 +84,11 @@ class TrainConfig:
             (
                 self.multiscale_sizes is None
                 or (
-                    self.multiscale_sizes[0] % 32 == 0
-                    and self.multiscale_sizes[1] % 32 == 0
-                    and 32 <= self.multiscale_sizes[0] <= self.multiscale_sizes[1]
+                    self.multiscale_sizes[0] % INPUT_STRIDE == 0
+                    and self.multiscale_sizes[1] % INPUT_STRIDE == 0
+                    and INPUT_STRIDE <= self.multiscale_sizes[0] <= self.multiscale_sizes[1]
                 ),
-                "multiscale_sizes must be [min, max], multiples of 32, min <= max",
+                f"multiscale_sizes must be [min, max], multiples of {INPUT_STRIDE}, min <= max",
             ),
         ]
         for ok, message in checks:
