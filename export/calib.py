@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from detector.core.media import IMAGE_SUFFIXES
 from detector.core.preprocess import preprocess
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
 Progress = Callable[[int, int], None]  # (images done, images in all)

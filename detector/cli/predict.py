@@ -24,12 +24,10 @@ import numpy as np
 
 from detector.cli.options import add_prediction_options
 from detector.core.defaults import PredictParams
+from detector.core.media import IMAGE_SUFFIXES, VIDEO_FOURCC, VIDEO_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 CHECKPOINT_BACKEND = "torch"  # the runtime's backend for .pt/.pth checkpoints
 DYNAMIC_BATCH = 8  # default --batch for a dynamic-batch exported model
-VIDEO_FOURCC = "mp4v"  # MPEG-4 Part 2: what OpenCV's pip wheels write without extra codecs
 DEFAULT_FPS = 30.0  # for a video that does not say its frame rate
 PROGRESS_EVERY_S = 2.0
 
@@ -76,7 +74,7 @@ def collect_sources(sources: list[str]) -> list[Path]:
     """Image and video files named directly, found (sorted) in the folders given, or matched by
     globs, in the order given."""
     found: list[Path] = []
-    wanted = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    wanted = {*IMAGE_SUFFIXES, *VIDEO_SUFFIXES}
     for source in sources:
         path = Path(source)
         if path.is_dir():

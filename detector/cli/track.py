@@ -31,8 +31,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from detector.cli.options import add_prediction_options
+from detector.core.media import VIDEO_FOURCC
 
-VIDEO_FOURCC = "mp4v"  # MPEG-4 Part 2: what OpenCV's pip wheels write without extra codecs
 TRAIL = 30  # frames of a track's trail drawn on the video
 PROGRESS_EVERY = 100  # default frames between progress lines
 MATCH_IOU = 0.5  # a detection belongs to the track whose (filtered) box overlaps it this much

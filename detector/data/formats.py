@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from detector.core.boxes import cxcywh_to_xyxy, xywh_to_xyxy
+from detector.core.media import IMAGE_SUFFIXES
 from detector.data.config import DataConfig
 from detector.data.targets import DataError, Record, check_labels, empty_targets
 
 LOGGER = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass

@@ -47,9 +47,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detector.core.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
 __all__ = [
-    "IMAGE_SUFFIXES",
-    "VIDEO_SUFFIXES",
     "Frame",
     "FrameSource",
     "ImageFilesSource",
@@ -64,8 +64,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://")
 DEFAULT_FPS = 30.0  # for a source that does not say its frame rate
 OPEN_TIMEOUT_S = 10.0
