@@ -52,13 +52,12 @@ def pytorch_map(weights: Path, data: Path) -> tuple[float, float]:
     """mAP of the checkpoint as ``detector eval`` computes it (same functions, CPU)."""
     import torch
 
-    from detector.models import checkpoint_input_size, model_from_checkpoint
+    from detector.models import load_inference_model
     from detector.training.validate import evaluate_predictions, predict_split
 
     dataset = build_dataset(load_data_config(data), "val")
-    model, meta = model_from_checkpoint(weights)
-    size = checkpoint_input_size(model, meta)
-    predictions = predict_split(model.eval(), dataset, size, torch.device("cpu"), batch_size=8)
+    model, spec = load_inference_model(weights)
+    predictions = predict_split(model, dataset, spec.input_size, torch.device("cpu"), batch_size=8)
     result = evaluate_predictions(predictions, dataset)
     return result.mAP, result.mAP50
 

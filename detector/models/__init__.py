@@ -9,7 +9,6 @@ from detector.models.build import build_from_config, build_model
 from detector.models.checkpoint import (
     CheckpointError,
     CheckpointSpec,
-    checkpoint_input_size,
     checkpoint_meta,
     checkpoint_spec,
     load_checkpoint,
@@ -30,7 +29,6 @@ __all__ = [
     "ModelConfig",
     "build_from_config",
     "build_model",
-    "checkpoint_input_size",
     "checkpoint_meta",
     "checkpoint_spec",
     "count_gflops",

@@ -371,10 +371,3 @@ def model_from_checkpoint(
     model = build_model(name, int(num_classes))
     load_state(model, state, path)
     return model.eval(), meta
-
-
-def checkpoint_input_size(model: YOLOX, meta: Mapping[str, Any]) -> int:
-    """The square input side a checkpoint was trained at (the height of
-    :attr:`CheckpointSpec.input_size`, read by the same rule): the meta's, else its model's
-    default (official ``.pth`` files carry no meta)."""
-    return _input_size(meta, None, model.name, "checkpoint")[0]
