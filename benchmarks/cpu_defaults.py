@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine_info import cpu_name  # beside this script (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["auto", "t1w0", "t2w0", "t1w1", "t2w1", "t1w2", "t2w2", "t1w4", "t2w4"]
@@ -123,17 +124,6 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -158,7 +148,7 @@ def main() -> None:
 
     plan = cpu_plan()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, {usable_cpus()} usable; "
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, {usable_cpus()} usable; "
           f"auto = {plan.threads} thread(s), {plan.workers} worker(s)")  # fmt: skip
     print(f"yolox_nano, imgsz {args.imgsz}, batch {args.batch}, {args.iters} iterations/epoch, "
           f"eval on {args.val_images} images; medians of {args.repeats} repeats")  # fmt: skip

@@ -44,15 +44,15 @@ import csv
 import datetime as dt
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from machine_info import cpu_name  # beside this script (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
@@ -174,18 +174,6 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
         "curve": {int(r["epoch"]): [float(r["mAP"]), float(r["mAP50"])] for r in rows},
         "median_epoch_s": epoch_s[len(epoch_s) // 2] if epoch_s else None,
     }
-
-
-def cpu_name() -> str:
-    """``lscpu``'s Model name (platform's processor where lscpu is missing)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 TABLE_HEADER = (

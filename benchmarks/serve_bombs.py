@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import platform
 import re
 import struct
-import subprocess
 import sys
 import tempfile
 import zlib
@@ -40,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from machine_info import cpu_name  # beside this script (benchmarks/ is on sys.path)
 
 from serve.launch import ServerProcess
 from serve.settings import ServeSettings
@@ -193,16 +192,6 @@ def export_model(folder: Path) -> Path:
             "input_size": [128, 128]}  # fmt: skip
     weights = save_atomic({"model": model.state_dict(), "meta": meta}, folder / "nano.pt")
     return export_onnx(weights, folder / "nano.onnx", dynamic=True)
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``lscpu``), else the platform's."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))  # fmt: skip
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> int:

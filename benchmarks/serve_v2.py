@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -42,6 +41,7 @@ import cv2
 import httpx
 import numpy as np
 import serve_throughput  # beside this script: its Server runs detector serve
+from machine_info import cpu_name  # beside this script (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDARY = "benchv2boundary"
@@ -191,14 +191,6 @@ def same_detections(url: str, jpeg: bytes, conf: float) -> int:
     )
     assert tensors["classes"][0, :count].tolist() == [d["class_id"] for d in detections]
     return count
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return re.search(r"Model name:\s+(.*)", out).group(1).strip()
-    except (OSError, subprocess.CalledProcessError, AttributeError):
-        return platform.processor() or "unknown"
 
 
 def main() -> int:

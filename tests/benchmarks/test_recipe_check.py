@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_recipe_check():
+    """The script as a module, imported the way running it does (its folder on sys.path)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(
         "recipe_check", ROOT / "benchmarks" / "recipe_check.py"
     )
