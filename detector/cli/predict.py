@@ -1,13 +1,17 @@
-"""``detector predict``: run any model file (checkpoint, ONNX, TensorRT engine) on images and
-videos and write annotated copies, predictions.json and optionally YOLO txt labels.
+"""``detector predict``: run any model file (checkpoint, ONNX, TensorRT engine) on images,
+videos and live streams and write annotated copies, predictions.json and optionally YOLO txt
+labels.
 
 Every model file runs through :class:`serve.runtime.predictor.Predictor`, the serving runtime
 (a checkpoint through its PyTorch backend), so ``predict``, ``bench`` and ``serve`` give one
-answer for one model. Images go through the model in batches (``--batch``; an exported model's
-batch dimension is used whole, so a folder does not run one image at a time); a video is read
-frame by frame with OpenCV, its frames batched the same way, and written back annotated at its
-own size and frame rate. Batching never changes a result: each image is letterboxed on its own
-and the network's rows do not interact.
+answer for one model. Inputs are found and read by :mod:`serve.runtime.sources`, as ``detector
+track`` reads them (image files, folders, globs, ``.txt`` lists, video files, ``rtsp://``,
+``http(s)://`` and other live URLs, cameras). Images go through the model in batches
+(``--batch``; an exported model's batch dimension is used whole, so a folder does not run one
+image at a time); a video's frames are batched the same way and written back annotated at its
+own size and frame rate; a live stream runs one newest frame at a time until it ends (or Ctrl-C,
+which still writes every output). Batching never changes a result: each image is letterboxed on
+its own and the network's rows do not interact.
 """
 
 from __future__ import annotations
@@ -19,16 +23,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from detector.cli.options import add_prediction_options
 from detector.core.defaults import PredictParams
-from detector.core.media import IMAGE_SUFFIXES, VIDEO_FOURCC, VIDEO_SUFFIXES
+from detector.core.media import VIDEO_FOURCC
 
 CHECKPOINT_BACKEND = "torch"  # the runtime's backend for .pt/.pth checkpoints
 DYNAMIC_BATCH = 8  # default --batch for a dynamic-batch exported model
-DEFAULT_FPS = 30.0  # for a video that does not say its frame rate
 PROGRESS_EVERY_S = 2.0
 
 # (boxes [K, 4] xyxy original pixels, scores [K], class ids [K])
@@ -37,16 +41,19 @@ DetectFn = Callable[[list[np.ndarray]], list[Result]]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from serve.runtime.sources import OPEN_TIMEOUT_S
+
     parser = subparsers.add_parser(
         "predict",
-        help="detect objects in images and videos",
+        help="detect objects in images, videos and streams",
         description="Run a model file (checkpoint .pt/.pth, ONNX .onnx, TensorRT .engine) on "
-        "image or video files, folders or globs. Writes annotated images and videos (.mp4) and "
-        "predictions.json (boxes in original image pixels, xyxy; a frame index for video "
-        "frames) to --out.",
+        "image or video files, folders, globs, a .txt file with one source per line, or live "
+        "streams (rtsp:// rtmp:// http(s):// URLs, a camera index or /dev/videoN). Writes "
+        "annotated images and videos (.mp4) and predictions.json (boxes in original image "
+        "pixels, xyxy; a frame index for video frames) to --out.",
     )
     parser.add_argument("--model", required=True, help="checkpoint (.pt/.pth), .onnx or .engine")
-    parser.add_argument("source", nargs="+", help="image or video files, folders or globs")
+    parser.add_argument("source", nargs="+", help="images, videos, folders, globs or streams")
     parser.add_argument("--out", default="runs/predict", help="output folder")
     parser.add_argument(
         "--backend", help="backend for an exported model (default: by suffix, e.g. onnxruntime)"
@@ -67,31 +74,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--save-txt", action="store_true", help="also write YOLO labels (class cx cy w h, 0-1)"
     )
+    parser.add_argument(
+        "--open-timeout", type=float, default=OPEN_TIMEOUT_S,
+        help=f"seconds a live source may take to open before it is skipped "
+        f"(default {OPEN_TIMEOUT_S:g})",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
-def collect_sources(sources: list[str]) -> list[Path]:
-    """Image and video files named directly, found (sorted) in the folders given, or matched by
-    globs, in the order given."""
-    found: list[Path] = []
-    wanted = {*IMAGE_SUFFIXES, *VIDEO_SUFFIXES}
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in wanted)
-        elif path.is_file():
-            found.append(path)
-        elif glob.has_magic(source):
-            matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
-            matches = [p for p in matches if p.is_file()]
-            if not matches:
-                raise FileNotFoundError(f"{source}: no files match")
-            found += matches
-        else:
-            raise FileNotFoundError(f"{path}: no such image, video or folder")
-    if not found:
+def find_sources(sources: list[str]) -> list:
+    """What ``sources`` name (:func:`serve.runtime.sources.expand_sources`), in order; a source
+    with nothing there is a :class:`FileNotFoundError` naming it, before anything runs."""
+    from serve.runtime.sources import expand_sources
+
+    specs = expand_sources(sources)
+    for spec in specs:
+        if spec.kind == "missing" and glob.has_magic(spec.spec):
+            raise FileNotFoundError(f"{spec.spec}: no files match")
+        if spec.kind == "missing" and Path(spec.spec).is_dir():
+            raise FileNotFoundError(f"no images or videos found in {spec.spec}")
+        if spec.kind == "missing":
+            raise FileNotFoundError(f"{spec.spec}: no such image, video, folder or stream")
+    if not specs:
         raise FileNotFoundError(f"no images or videos found in {', '.join(sources)}")
-    return found
+    return specs
+
+
+def collect_sources(sources: list[str]) -> list[Path]:
+    """The image and video files that ``sources`` name (files, folders, globs, ``.txt`` lists;
+    :func:`find_sources`), in order; a live stream is a :class:`ValueError`."""
+    paths: list[Path] = []
+    for spec in find_sources(sources):
+        if spec.kind == "live":
+            raise ValueError(f"{spec.spec}: a live stream, not a file")
+        paths += spec.paths if spec.kind == "images" else [Path(spec.spec)]
+    return paths
 
 
 def detection_records(
@@ -152,16 +169,19 @@ class PredictionWriter:
         )  # fmt: skip
         print(f"{path}: {len(classes)} objects")
 
-    def add_frame(self, path: Path, index: int, frame: np.ndarray, result: Result) -> np.ndarray:
-        """Frame ``index`` of video ``path``: its record, and the annotated frame to write."""
+    def add_frame(
+        self, video: str, name: str, index: int, frame: np.ndarray, result: Result
+    ) -> np.ndarray:
+        """Frame ``index`` of video or stream ``video`` (short name ``name``): its record, and
+        the annotated frame to write."""
         self.records.append(
-            {"video": str(path), "frame": index,
+            {"video": video, "frame": index,
              "detections": detection_records(*result, self.class_names)}
         )  # fmt: skip
-        return self._annotate(frame, result, f"{path.stem}_{index:06d}")
+        return self._annotate(frame, result, f"{name}_{index:06d}")
 
-    def video_path(self, path: Path) -> Path:
-        return self.out_dir / f"{path.stem}.mp4"
+    def video_path(self, name: str) -> Path:
+        return self.out_dir / f"{name}.mp4"
 
     def close(self) -> None:
         (self.out_dir / "predictions.json").write_text(json.dumps(self.records, indent=2))
@@ -223,23 +243,27 @@ def chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def predict_images(
-    paths: list[Path], detect: DetectFn, writer: PredictionWriter, batch: int
-) -> int:
-    """Read, detect (``batch`` at a time) and write ``paths``; returns how many were unreadable."""
-    import cv2
-
+def predict_images(sources: list, detect: DetectFn, writer: PredictionWriter, batch: int) -> int:
+    """Read, detect (``batch`` at a time, across ``sources``) and write the images of
+    ``sources`` (:class:`~serve.runtime.sources.ImageFilesSource` s); returns how many were
+    unreadable."""
     failed = 0
 
     def readable() -> Iterator[tuple[Path, np.ndarray]]:
         nonlocal failed
-        for path in paths:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                print(f"skipped {path}: not a readable image")
-                failed += 1
-                continue
-            yield path, image
+        for source in sources:
+            with source:
+                source.open()
+                reported = 0
+                while True:
+                    frame = source.read()
+                    for path in source.skipped[reported:]:  # unreadable ones before it
+                        print(f"skipped {path}: not a readable image")
+                    failed += len(source.skipped) - reported
+                    reported = len(source.skipped)
+                    if frame is None:
+                        break
+                    yield frame.path, frame.image
 
     for chunk in chunks(readable(), batch):
         for (path, image), result in zip(chunk, detect([image for _, image in chunk])):
@@ -247,113 +271,94 @@ def predict_images(
     return failed
 
 
-def open_video(path: Path):
-    """``path`` opened by ``cv2.VideoCapture``, or ``None`` when OpenCV cannot open it."""
+def predict_video(source: Any, detect: DetectFn, writer: PredictionWriter, batch: int) -> bool:
+    """Detect objects in every frame of a video file, or each newest frame of a live stream,
+    (``source``: a :class:`~serve.runtime.sources.FrameSource`) and write it back annotated
+    (same size and frame rate, MPEG-4) as ``--out/<name>.mp4``. Progress goes to stderr.
+    Returns False when it cannot be opened or has no frames."""
     import cv2
 
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        capture.release()
-        return None
-    return capture
+    from serve.runtime.sources import SourceError
 
-
-def looks_like_video(path: Path) -> bool:
-    """A video by its suffix; a file with neither an image nor a video suffix is a video when
-    OpenCV has no image reader for it but opens it as a video."""
-    import cv2
-
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES:
-        return suffix in VIDEO_SUFFIXES
-    if cv2.haveImageReader(str(path)):
-        return False
-    capture = open_video(path)
-    if capture is None:
-        return False
-    capture.release()
-    return True
-
-
-def predict_video(path: Path, detect: DetectFn, writer: PredictionWriter, batch: int) -> bool:
-    """Detect objects in every frame of video ``path`` and write it back annotated (same size
-    and frame rate, MPEG-4) as ``--out/<stem>.mp4``. Progress goes to stderr. Returns False
-    when the file is not a readable video."""
-    import cv2
-
-    capture = open_video(path)
-    if capture is None:
-        print(f"skipped {path}: not a readable video")
-        return False
     try:
-        ok, first = capture.read()
-        if not ok or first is None:
-            print(f"skipped {path}: not a readable video (no frames)")
+        source.open()
+    except SourceError as exc:
+        print(f"skipped {exc}")
+        source.close()
+        return False
+    with source:
+        frames = iter(source)
+        first = next(frames, None)
+        if first is None:
+            print(f"skipped {source.spec}: not a readable video (no frames)")
             return False
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        fps = fps if np.isfinite(fps) and fps > 0 else DEFAULT_FPS
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        height, width = first.shape[:2]
-        out_path = writer.video_path(path)
+        total = getattr(source, "total", 0)
+        height, width = first.image.shape[:2]
+        out_path = writer.video_path(source.name)
         video = cv2.VideoWriter(
-            str(out_path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), fps, (width, height)
+            str(out_path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), source.fps, (width, height)
         )
         if not video.isOpened():
             raise RuntimeError(f"{out_path}: OpenCV cannot write {VIDEO_FOURCC} video here")
 
-        def frames() -> Iterator[np.ndarray]:
-            frame: np.ndarray | None = first
-            while frame is not None:
-                yield frame
-                ok, frame = capture.read()
-                if not ok:
-                    frame = None
+        def all_frames() -> Iterator:
+            yield first
+            yield from frames
 
-        index = objects = 0
+        count = objects = 0
         last_report = time.monotonic()
         of_total = f"/{total}" if total > 0 else ""
         try:
-            for chunk in chunks(frames(), batch):
-                for frame, result in zip(chunk, detect(chunk)):
-                    if frame.shape[:2] != (height, width):  # a stream that changes size
-                        frame = cv2.resize(frame, (width, height))
-                    video.write(writer.add_frame(path, index, frame, result))
+            for chunk in chunks(all_frames(), 1 if source.live else batch):
+                for frame, result in zip(chunk, detect([f.image for f in chunk])):
+                    image = frame.image
+                    if image.shape[:2] != (height, width):  # a stream that changes size
+                        image = cv2.resize(image, (width, height))
+                    video.write(writer.add_frame(source.spec, source.name, frame.index, image,
+                                                 result))  # fmt: skip
                     objects += len(result[2])
-                    index += 1
+                    count += 1
                 if time.monotonic() - last_report >= PROGRESS_EVERY_S:
                     last_report = time.monotonic()
-                    print(f"{path}: frame {index}{of_total}", file=sys.stderr, flush=True)
+                    print(f"{source.spec}: frame {count}{of_total}", file=sys.stderr, flush=True)
         finally:
             video.release()
-        if total > 0 and index < total:
-            print(f"warning: {path}: read {index} of the {total} frames it declares (truncated?)",
-                  file=sys.stderr)  # fmt: skip
-        print(f"{path}: {index} frames, {objects} objects -> {out_path}")
-        return True
-    finally:
-        capture.release()
+    stats = source.stats
+    if stats.decode_errors:
+        print(f"warning: {source.spec}: {stats.decode_errors} frames failed to decode, skipped",
+              file=sys.stderr)  # fmt: skip
+    if total > 0 and count + stats.decode_errors < total:
+        print(f"warning: {source.spec}: read {count} of the {total} frames it declares "
+              "(truncated?)", file=sys.stderr)  # fmt: skip
+    extra = "".join(f", {n} {what}" for n, what in ((stats.dropped, "dropped"),
+                    (stats.reconnects, "reconnects")) if n)  # fmt: skip
+    print(f"{source.spec}: {count} frames, {objects} objects{extra} -> {out_path}")
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
+    from serve.runtime.sources import make_source
+
     model_path = Path(args.model)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no such model file")
     batch = getattr(args, "batch", None)
     if batch is not None and batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
-    sources = collect_sources(args.source)
+    specs = find_sources(args.source)
     class_names, detect, close, batch = model_detector(args)
     writer = PredictionWriter(Path(args.out), class_names, args.save_txt)
     failed = 0
-    pending: list[Path] = []  # images waiting to be run together
+    pending: list = []  # image sources waiting to be run together
     try:
-        for path in sources:
-            if not looks_like_video(path):
-                pending.append(path)
+        for spec in specs:
+            source = make_source(spec, open_timeout=args.open_timeout)
+            if spec.kind == "images":
+                pending.append(source)
                 continue
             failed += predict_images(pending, detect, writer, batch)
             pending = []
-            failed += not predict_video(path, detect, writer, batch)
+            failed += not predict_video(source, detect, writer, batch)
         failed += predict_images(pending, detect, writer, batch)
     finally:
         writer.close()

@@ -310,3 +310,97 @@ def test_corrupt_video_is_reported_and_the_rest_processed(
     ]  # fmt: skip
     assert len(read_frames(tmp_path / "out" / "good.mp4")[0]) == 4
     assert not (tmp_path / "out" / "broken.mp4").exists()
+
+
+# ------------------------------------------------------------------- streams and broken frames
+
+
+def test_list_file_with_a_dead_stream_is_reported_and_the_rest_processed(
+    onnx_model: Path, images: list[Path], tmp_path: Path, capsys
+) -> None:
+    """Sources from a ``.txt`` list, read through the same sources module as ``detector
+    track``: a stream whose server never answers is skipped after ``--open-timeout`` with its
+    URL named, and the images around it are predicted."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"rtsp://127.0.0.1:{listener.getsockname()[1]}/silent"
+        listing = tmp_path / "sources.txt"
+        listing.write_text(f"# two images and a camera\n{images[0]}\n{url}\n\n{images[1]}\n")
+        code, records = predict(tmp_path / "out", "--model", str(onnx_model), str(listing),
+                                "--open-timeout", "1")  # fmt: skip
+    assert code == 1
+    assert f"skipped {url}: " in capsys.readouterr().out
+    assert [r["image"] for r in records] == [str(images[0]), str(images[1])]
+
+
+def test_undecodable_video_frames_are_skipped_and_reported(
+    onnx_model: Path, images: list[Path], tmp_path: Path, capsys
+) -> None:
+    """An MJPEG video whose frame 3 is junk: the other frames are predicted under their own
+    indices, the annotated video has them all, and the skipped frame is reported."""
+    import cv2
+    from media_faults import write_mjpeg  # tests/ is on sys.path (its conftest.py)
+
+    frames = [cv2.resize(cv2.imread(str(images[i % 3])), (128, 96)) for i in range(8)]
+    clip = write_mjpeg(tmp_path / "glitch.avi", frames, 10.0, broken={3})
+    code, records = predict(tmp_path / "out", "--model", str(onnx_model), str(clip))
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert f"{clip}: 7 frames" in out
+    assert f"warning: {clip}: 1 frames failed to decode, skipped" in err
+    assert [r["frame"] for r in records] == [0, 1, 2, 4, 5, 6, 7]
+    assert len(read_frames(tmp_path / "out" / "glitch.mp4")[0]) == 7
+
+
+def test_live_rtsp_stream_until_interrupted(tmp_path: Path) -> None:
+    """``detector predict`` on GStreamer's RTSP server (``tests/rtsp_server.py``) in a
+    subprocess: frames are predicted as they come (the colour finder finds the moving squares
+    where they are) until Ctrl-C, which still writes predictions.json and a readable video."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from colour_model import colour_finder_onnx, green_box, red_box, write_video
+    from rtsp_server import RtspServer, missing_reason
+
+    if missing_reason() is not None:
+        pytest.skip(str(missing_reason()))
+    model = colour_finder_onnx(tmp_path / "colours.onnx")
+    server = RtspServer(write_video(tmp_path / "shapes.mp4", 50, fps=10.0))
+    server.start()
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "detector", "predict", "--model", str(model), server.url,
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    video = out / f"127.0.0.1_{server.port}_shapes.mp4"
+    try:
+        deadline = time.monotonic() + 120  # a hang guard, not a timing
+        while not video.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a few more frames
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.close()
+    assert process.returncode == 130, err
+    records = json.loads((out / "predictions.json").read_text())
+    assert records and {r["video"] for r in records} == {server.url}
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    for record in records:
+        boxes = {d["class_name"]: d["box"] for d in record["detections"]}
+        assert sorted(boxes) == ["green", "red"], record
+        t = round((boxes["red"][0] - red_box(0)[0]) / 2)
+        np.testing.assert_allclose(boxes["red"], red_box(t), atol=3)
+        np.testing.assert_allclose(boxes["green"], green_box(t), atol=3)
+    assert len(read_frames(video)[0]) == len(records)

@@ -1,10 +1,14 @@
 """Frame sources (``serve.runtime.sources``): what each spec means, files read whole and in
-order, and live streams over real HTTP (a local server FFmpeg reads from): newest frame only,
-a stream that drops reopened and counted, a stream that never answers failing with its URL."""
+order, and live streams from real servers on 127.0.0.1 that FFmpeg reads from: over HTTP
+(newest frame only, a stream that drops reopened and counted, a stream that never answers
+failing with its URL, an MJPEG camera stream with a broken JPEG) and over RTSP from GStreamer's
+RTSP server (``tests/rtsp_server.py``), killed mid-stream and restarted. Undecodable frames in a
+file or a stream are skipped and counted."""
 
 from __future__ import annotations
 
 import http.server
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,6 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from colour_model import green_box, red_box  # tests/ is on sys.path (its conftest.py)
+from colour_model import write_video as write_shapes
+from media_faults import MJPEG_STREAM_TYPE, mjpeg_stream, write_mjpeg
+from rtsp_server import RtspServer, missing_reason
 
 from serve.runtime.sources import (
     ImageFilesSource,
@@ -26,13 +34,18 @@ from serve.runtime.sources import (
 FRAMES = 30
 
 
+def bar_frame(t: int) -> np.ndarray:
+    """Frame t of the bar videos: a white bar at x = 2 t on black, ``[48, 64, 3]``."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, 2 * t : 2 * t + 4] = 255
+    return image
+
+
 def write_video(path: Path, frames: int = FRAMES) -> Path:
-    """An mp4v video whose frame t is a white bar at x = 4 t on black (64 x 48, 10 fps)."""
+    """An mp4v video of :func:`bar_frame` 0 .. frames - 1 (64 x 48, 10 fps)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
     for t in range(frames):
-        image = np.zeros((48, 64, 3), np.uint8)
-        image[:, 2 * t : 2 * t + 4] = 255
-        writer.write(image)
+        writer.write(bar_frame(t))
     writer.release()
     return path
 
@@ -56,10 +69,13 @@ def test_specs_are_recognised(tmp_path: Path, video: Path) -> None:
     (folder / "notes.md").write_text("not an image")
     listing = tmp_path / "list.txt"
     listing.write_text(f"# cameras\nrtsp://user:pw@cam.local:554/stream1\n\n{video}\n")
+    still, recording = tmp_path / "still.pgm", tmp_path / "recording.dat"  # by content
+    cv2.imwrite(str(still), np.zeros((8, 8), np.uint8))
+    recording.write_bytes(video.read_bytes())
     specs = expand_sources([
         str(folder), str(listing), "0", "/dev/video2", "rtmp://host/live/key",
         "https://host/feed.mjpg", "videotestsrc ! videoconvert ! appsink", str(tmp_path / "no.mp4"),
-        str(tmp_path / "*.nothing"),
+        str(tmp_path / "*.nothing"), str(still), str(recording),
     ])  # fmt: skip
     assert [(s.kind, s.name) for s in specs] == [
         ("images", "folder"),
@@ -73,10 +89,12 @@ def test_specs_are_recognised(tmp_path: Path, video: Path) -> None:
         ("live", "gstreamer"),
         ("missing", "no"),
         ("missing", tmp_path.name),
+        ("images", "still"),
+        ("video", "recording"),
     ]
     assert [p.name for p in specs[0].paths] == ["a.png", "b.jpg"]
     with pytest.raises(SourceError, match="no.mp4"):
-        make_source(specs[-2]).open()
+        make_source(specs[-4]).open()
 
 
 def test_images_in_order_and_unreadable_ones_skipped(tmp_path: Path) -> None:
@@ -99,6 +117,7 @@ def test_video_file_gives_every_frame_in_order(video: Path) -> None:
     with VideoFileSource("bar", str(video)) as source:
         source.open()
         frames = list(source)
+        assert source.poll() is None and source.ended
     assert source.fps == 10.0
     assert [f.index for f in frames] == list(range(FRAMES))
     assert [f.timestamp for f in frames[:3]] == [0.0, 0.1, 0.2]
@@ -112,11 +131,28 @@ def test_unreadable_video_is_named(tmp_path: Path) -> None:
         VideoFileSource("fake", str(fake)).open()
 
 
+def test_undecodable_frames_in_a_file_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An MJPEG file whose frames 5, 9 and 10 are junk: the rest come, in order, with their own
+    indices (the file does not end at the first bad frame), and the three are counted."""
+    bad = {5, 9, 10}
+    video = write_mjpeg(tmp_path / "broken.avi", [bar_frame(t) for t in range(FRAMES)], 10.0, bad)
+    with caplog.at_level(logging.WARNING), VideoFileSource("broken", str(video)) as source:
+        source.open()
+        frames = list(source)
+    good = [t for t in range(FRAMES) if t not in bad]
+    assert [f.index for f in frames] == good
+    assert [bar_position(f.image) for f in frames] == [2 * t for t in good]
+    assert (source.stats.frames, source.stats.decode_errors) == (len(good), len(bad))
+    assert "frame 5 failed to decode" in caplog.text and "frames 9-10" in caplog.text
+
+
 class _Server:
     """A local HTTP server that serves ``data`` to the first ``passes`` requests, then 404:
     a live stream that plays ``passes`` times, dropping at the end of each."""
 
-    def __init__(self, data: bytes, passes: int) -> None:
+    def __init__(self, data: bytes, passes: int, content_type: str = "video/mp4") -> None:
         self.passes = passes
         self.requests = 0
         outer = self
@@ -128,7 +164,7 @@ class _Server:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -185,14 +221,39 @@ def test_live_stream_that_drops_is_reopened(stream: _Server) -> None:
     assert source.stats.decode_errors == 0
 
 
-def test_live_source_that_never_answers_fails_naming_it() -> None:
-    """A server that accepts the connection and never answers."""
+def test_broken_jpeg_in_an_mjpeg_stream_is_skipped_and_counted() -> None:
+    """An IP camera's MJPEG over HTTP (``multipart/x-mixed-replace``) with frame 10 a broken
+    JPEG: the stream goes on after it without a reconnect; every other frame is taken or
+    dropped, the broken one counted."""
+    body = mjpeg_stream([bar_frame(t) for t in range(FRAMES)], broken={10})
+    server = _Server(body, 1, MJPEG_STREAM_TYPE)
+    source = LiveSource("camera", server.url.replace(".mp4", ".mjpg"), reconnect_tries=1,
+                        backoff=0.01)  # fmt: skip
+    try:
+        source.open()
+        positions = [bar_position(frame.image) for frame in source]
+    finally:
+        source.close()
+        server.close()
+    assert source.stats.decode_errors == 1
+    assert source.stats.frames + source.stats.dropped == FRAMES - 1
+    assert source.stats.reopened == 0 and server.requests == 2  # the pass, one failed reopen
+    assert 2 * 10 not in positions and positions == sorted(positions)
+    assert positions[-1] == 2 * (FRAMES - 1)
+
+
+@pytest.mark.parametrize("scheme", ["http", "rtsp"])
+def test_live_source_that_never_answers_fails_naming_it(scheme: str) -> None:
+    """A server that accepts the connection and never answers: given up on after the open
+    timeout, with the URL in the message."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/never"
+    url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/never"
     source = LiveSource("never", url, open_timeout=1.0)
     try:
+        source.start()
+        assert source.poll() is None and not source.ended  # still opening: not waited for
         with pytest.raises(SourceError, match=url):
             source.open()
     finally:
@@ -200,9 +261,74 @@ def test_live_source_that_never_answers_fails_naming_it() -> None:
         listener.close()
 
 
-def test_gstreamer_pipeline_without_gstreamer_is_explained() -> None:
-    if cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER):
-        pytest.skip("this OpenCV has GStreamer")
-    source = make_source(expand_sources(["videotestsrc num-buffers=5 ! videoconvert ! appsink"])[0])
-    with pytest.raises(SourceError, match="built without GStreamer"):
-        source.open()
+def test_live_source_with_nothing_behind_it_fails_naming_it() -> None:
+    """A port nobody listens on (connection refused): tried until the open timeout, then named."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"rtsp://127.0.0.1:{probe.getsockname()[1]}/nothing"
+    source = LiveSource("nothing", url, open_timeout=1.0, backoff=0.1)
+    try:
+        with pytest.raises(SourceError, match=f"{url}: cannot open the stream"):
+            source.open()
+    finally:
+        source.close()
+    assert source.poll() is None and source.ended
+
+
+needs_rtsp = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+
+
+def shapes_time(image: np.ndarray) -> int:
+    """The frame number t (mod 50) of a decoded ``colour_model`` frame, checked against both
+    squares' known paths: the red square gives t, the green one must agree."""
+    red = np.argwhere((image[..., 2] > 128) & (image[..., 1] < 128))
+    green = np.argwhere((image[..., 1] > 128) & (image[..., 2] < 128))
+    (y1, x1), (y2, x2) = red.min(axis=0), red.max(axis=0) + 1
+    t = round((x1 - red_box(0)[0]) / 2)
+    np.testing.assert_allclose((x1, y1, x2, y2), red_box(t), atol=2)
+    (gy1, gx1), (gy2, gx2) = green.min(axis=0), green.max(axis=0) + 1
+    np.testing.assert_allclose((gx1, gy1, gx2, gy2), green_box(t), atol=2)
+    return t
+
+
+@pytest.fixture(scope="module")
+def shapes_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four seconds of the colour model's moving squares (25 fps, 160 x 120)."""
+    return write_shapes(tmp_path_factory.mktemp("rtsp") / "shapes.mp4", 100)
+
+
+@needs_rtsp
+def test_rtsp_server_killed_and_restarted_is_reconnected(
+    shapes_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GStreamer's RTSP server plays the moving squares; after 10 frames it is killed and
+    started again on its port. The reader reopens the stream (logged, counted) and frames come
+    again from the start of the video; every frame is a whole, known one; nothing is raised."""
+    server = RtspServer(shapes_video)
+    server.start()
+    source = LiveSource("cam", server.url, open_timeout=5, reconnect_tries=20, backoff=0.1,
+                        max_backoff=0.4)  # fmt: skip
+    times: list[int] = []  # the frame number (mod 50) of each frame taken
+    try:
+        with caplog.at_level(logging.INFO):
+            source.open()
+            while len(times) < 10:
+                times.append(shapes_time(source.read().image))
+            server.kill()
+            server.start()
+            while not any(b < a for a, b in zip(times, times[1:])) or times[-8] > times[-1]:
+                frame = source.read()
+                assert frame is not None, "the stream ended instead of coming back"
+                times.append(shapes_time(frame.image))
+        assert not source.ended
+    finally:
+        source.close()
+        server.close()
+    assert source.stats.reconnects >= 1 and source.stats.reopened >= 1
+    assert source.stats.decode_errors == 0
+    assert f"{server.url}: stream dropped" in caplog.text
+    assert f"{server.url}: reopened" in caplog.text
+    # in order (newest frames only: gaps allowed) but for one wrap: the restarted server's
+    # video from its start, at least 8 frames of it
+    wraps = [i for i, (a, b) in enumerate(zip(times, times[1:])) if b < a]
+    assert len(wraps) == 1 and wraps[0] >= 9 and len(times) - wraps[0] > 8, times
