@@ -8,10 +8,16 @@ what ``predict`` and ``serve`` find. Each source has its own
 :class:`~detector.core.tracking.ByteTracker` (and, with ``--zones``, its own
 :class:`~detector.core.tracking.ZoneCounter`).
 
-Per source, ``--out`` gets ``<name>.jsonl`` (one line per frame, flushed as written) and
-``<name>.mp4`` (annotated: boxes, class, score, track id and a short trail). A source that
-cannot be opened is reported and the others go on; the exit status is 1 when any source
-failed. Ctrl-C or SIGTERM stops the run and closes every file, so each is readable.
+Per source, ``--out`` gets ``<name>.jsonl`` (one line per frame, flushed as written; with
+``--append`` added to what an earlier run wrote) and ``<name>.mp4`` (annotated: boxes, class,
+score, track id and a short trail; not with ``--no-video``). A source that cannot be opened is
+reported and the others go on; the exit status is 1 when any source failed. Ctrl-C or SIGTERM
+stops the run and closes every file, so each is readable.
+
+Live outputs: ``--show`` opens an OpenCV window per source (``q`` or Esc stops the run);
+``--serve-preview PORT`` serves the annotated frames as MJPEG to a browser, and
+``--metrics-port PORT`` the run's Prometheus metrics (:mod:`serve.runtime.preview`,
+:mod:`serve.runtime.track_metrics`; the preview server serves ``/metrics`` too).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
 import signal
 import sys
 import threading
@@ -35,7 +43,8 @@ from detector.core.media import VIDEO_FOURCC
 
 TRAIL = 30  # frames of a track's trail drawn on the video
 PROGRESS_EVERY = 100  # default frames between progress lines
-MATCH_IOU = 0.5  # a detection belongs to the track whose (filtered) box overlaps it this much
+LOOPBACK = "127.0.0.1"  # the default address of the preview and metrics servers
+QUIT_KEYS = (ord("q"), 27)  # keys that stop a run with --show: q and Esc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +78,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--progress-every", type=int, default=PROGRESS_EVERY,
         help=f"frames between progress lines on stderr (default {PROGRESS_EVERY}; 0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-video", action="store_true",
+        help="write no annotated .mp4 (a long-running service: JSON lines and metrics only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--append", action="store_true",
+        help="add to existing <source>.jsonl files instead of rewriting them (a service that "
+        "restarts keeps what it wrote; an .mp4 is still rewritten)",
+    )  # fmt: skip
+    live = parser.add_argument_group("live view and metrics")
+    live.add_argument(
+        "--show", action="store_true",
+        help="show each source's annotated frames in a window (needs a display; q or Esc "
+        "stops); without one, use --serve-preview",
+    )  # fmt: skip
+    live.add_argument(
+        "--serve-preview", type=int, metavar="PORT",
+        help="serve the annotated frames to a browser: http://HOST:PORT/ lists the sources, "
+        "/stream/NAME is MJPEG, /metrics the Prometheus metrics (PORT 0: a free one)",
+    )  # fmt: skip
+    live.add_argument(
+        "--preview-host", default=LOOPBACK,
+        help=f"address of --serve-preview (default {LOOPBACK}: this machine only; there is "
+        "no authentication)",
+    )  # fmt: skip
+    live.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="serve the Prometheus metrics at http://HOST:PORT/metrics (and /healthz)",
+    )  # fmt: skip
+    live.add_argument(
+        "--metrics-host", default=LOOPBACK,
+        help=f"address of --metrics-port (default {LOOPBACK}; 0.0.0.0 for a scraper elsewhere)",
     )  # fmt: skip
     parser.set_defaults(func=run)
 
@@ -119,24 +161,164 @@ def load_zone_spec(path_text: str | None) -> tuple[list, list, str] | None:
         raise ValueError(f"--zones {path_text}: {exc}") from exc
 
 
-def match_tracks(boxes: np.ndarray, classes: np.ndarray, tracks: Any) -> list[int | None]:
-    """The track id of each detection: ``boxes [N, 4]`` xyxy and ``classes [N]`` against the
-    frame's :class:`~detector.core.tracking.Tracks` (``M`` Kalman-filtered boxes), one to one,
-    best overlap first (IoU >= :data:`MATCH_IOU`, same class); ``None`` for an untracked one."""
-    from detector.core.boxes import box_iou_numpy
-
-    ids: list[int | None] = [None] * len(boxes)
-    if len(boxes) == 0 or len(tracks) == 0:
-        return ids
-    iou = box_iou_numpy(np.asarray(boxes, np.float64), np.asarray(tracks.boxes, np.float64))
-    iou[np.asarray(classes)[:, None] != np.asarray(tracks.classes)[None, :]] = 0.0
-    for flat in np.argsort(-iou, axis=None):
-        d, t = np.unravel_index(flat, iou.shape)
-        if iou[d, t] < MATCH_IOU:
-            break
-        if ids[d] is None and int(tracks.track_ids[t]) not in ids:
-            ids[d] = int(tracks.track_ids[t])
+def track_ids_of(count: int, tracks: Any) -> list[int | None]:
+    """The track id of each of a frame's ``count`` detections, from the tracker's
+    :class:`~detector.core.tracking.Tracks` of that frame (each track names the detection it
+    was updated with); ``None`` for a detection no track took."""
+    ids: list[int | None] = [None] * count
+    for row, track_id in zip(tracks.detection_indices.tolist(), tracks.track_ids.tolist()):
+        ids[row] = track_id
     return ids
+
+
+def display_problem(environ: Any = None, build_info: str | None = None) -> str | None:
+    """Why ``--show`` cannot open a window here, or None: on Linux no ``DISPLAY`` or
+    ``WAYLAND_DISPLAY`` in ``environ`` (default ``os.environ``), or an OpenCV without a GUI
+    backend (``build_info``, default ``cv2.getBuildInformation()``, says ``GUI: NONE``; the
+    opencv-python-headless wheels are built so)."""
+    environ = os.environ if environ is None else environ
+    if sys.platform.startswith("linux") and not (
+        environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
+    ):
+        return "there is no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    if build_info is None:
+        import cv2
+
+        build_info = cv2.getBuildInformation()
+    gui = re.search(r"^\s*GUI:\s*(\S+)", build_info, re.M)
+    if gui is not None and gui.group(1).upper() == "NONE":
+        return ("this OpenCV has no GUI (opencv-python-headless is built without one; "
+                "opencv-python has it)")  # fmt: skip
+    return None
+
+
+class Windows:
+    """``--show``: one OpenCV window per source, drawn once per step; ``q`` or Esc stops."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def show(self, name: str, image: np.ndarray) -> None:
+        import cv2
+
+        try:
+            cv2.imshow(f"detector track: {name}", image)
+        except cv2.error as exc:  # a GUI backend that cannot open a window after all
+            raise ValueError(f"--show: OpenCV cannot open a window here ({exc.err}); "
+                             "use --serve-preview PORT to watch in a browser") from exc  # fmt: skip
+        self.names.add(name)
+
+    def quit_pressed(self) -> bool:
+        """Let the windows draw (1 ms); whether ``q`` or Esc was pressed in one."""
+        import cv2
+
+        return bool(self.names) and (cv2.waitKey(1) & 0xFF) in QUIT_KEYS
+
+    def close(self) -> None:
+        if self.names:
+            import cv2
+
+            cv2.destroyAllWindows()
+            cv2.waitKey(1)
+            self.names.clear()
+
+
+@dataclass
+class LiveOutputs:
+    """Where a run's frames go besides its files: the preview server, the metrics server(s),
+    the windows; each optional."""
+
+    preview: Any = None  # serve.runtime.preview.PreviewServer with streams
+    metrics: Any = None  # serve.runtime.track_metrics.TrackMetrics
+    servers: list = field(default_factory=list)  # every PreviewServer to close
+    windows: Windows | None = None
+
+    @property
+    def draws(self) -> bool:
+        """Whether annotated frames are wanted live."""
+        return self.preview is not None or self.windows is not None
+
+    def frame_done(self, name: str, drawn: np.ndarray | None, tracks: int, latency: float) -> None:
+        """One frame of source ``name`` written: ``drawn`` (annotated, or None) to the preview
+        and the window, its ``tracks`` count and capture-to-result ``latency`` (s) to the
+        metrics."""
+        if drawn is not None:
+            if self.preview is not None:
+                self.preview.publish(name, drawn)
+            if self.windows is not None:
+                self.windows.show(name, drawn)
+        if self.metrics is not None:
+            self.metrics.frame_done(name, latency, tracks)
+
+    def watch(self, source: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.watch(source.name, source.stats)
+
+    def ended(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.ended(name)
+        if self.preview is not None:
+            self.preview.end(name)
+
+    def close(self) -> None:
+        if self.windows is not None:
+            self.windows.close()
+        for server in self.servers:
+            server.close()
+        self.servers = []
+
+
+def _check_port(option: str, port: int | None) -> None:
+    if port is not None and not 0 <= port <= 65535:
+        raise ValueError(f"{option} must be a TCP port (0-65535), got {port}")
+
+
+def start_live_outputs(args: argparse.Namespace, names: list[str]) -> LiveOutputs:
+    """The windows and servers that ``--show``, ``--serve-preview`` and ``--metrics-port`` ask
+    for; a port that cannot be listened on is a ``ValueError`` naming the option."""
+    _check_port("--serve-preview", args.serve_preview)
+    _check_port("--metrics-port", args.metrics_port)
+    live = LiveOutputs()
+    if args.show:
+        problem = display_problem()
+        if problem is not None:
+            raise ValueError(f"--show needs a display, and {problem}; use --serve-preview PORT "
+                             "to watch in a browser instead")  # fmt: skip
+        live.windows = Windows()
+    if args.serve_preview is None and args.metrics_port is None:
+        return live
+    from serve.runtime.preview import PreviewServer
+    from serve.runtime.track_metrics import TrackMetrics
+
+    live.metrics = TrackMetrics()
+    wanted = [("--serve-preview", args.preview_host, args.serve_preview, True),
+              ("--metrics-port", args.metrics_host, args.metrics_port, False)]  # fmt: skip
+    try:
+        for option, host, port, streams in wanted:
+            if port is None:
+                continue
+            same = port != 0 and (host, port) == (args.preview_host, args.serve_preview)
+            if not streams and live.preview is not None and same:
+                continue  # the preview server has /metrics already
+            try:
+                server = PreviewServer(host, port, names if streams else (), live.metrics,
+                                       streams=streams)  # fmt: skip
+            except OSError as exc:
+                raise ValueError(f"{option} {port}: {exc.strerror or exc}") from exc
+            live.servers.append(server)
+            if streams:
+                live.preview = server
+                if host not in (LOOPBACK, "localhost", "::1"):
+                    print(f"warning: --preview-host {host}: the preview shows the video to "
+                          "anyone who can reach this address (no authentication)",
+                          file=sys.stderr)  # fmt: skip
+            what = "preview" if streams else "metrics"
+            path = "" if streams else "metrics"
+            print(f"track: {what} at {server.url}{path}", file=sys.stderr, flush=True)
+    except BaseException:
+        live.close()
+        raise
+    return live
 
 
 @dataclass
@@ -147,7 +329,7 @@ class SourceRun:
     tracker: Any  # ByteTracker
     counter: Any  # ZoneCounter | None
     jsonl: TextIO
-    video_path: Path
+    video_path: Path | None  # None: no video (--no-video)
     video: Any = None  # cv2.VideoWriter, opened at the first frame
     size: tuple[int, int] | None = None  # (width, height) of the video
     trails: dict[int, deque] = field(default_factory=dict)
@@ -211,15 +393,18 @@ def annotate(
     return out
 
 
-def _write_frame(run: SourceRun, frame: Any, found: Any, class_names: list[str],
-                 zones: tuple[list, list, str] | None) -> int:  # fmt: skip
-    """Track one frame's detections, write its JSON line and annotated frame; returns the
-    number of detections."""
+def _write_frame(
+    run: SourceRun, frame: Any, found: Any, class_names: list[str],
+    zones: tuple[list, list, str] | None, draw: bool,
+) -> tuple[np.ndarray | None, int]:  # fmt: skip
+    """Track one frame's detections, write its JSON line and (with a video) its annotated
+    frame; returns the annotated frame (when there is a video or ``draw``, else None) and the
+    number of tracks in the frame."""
     import cv2
 
     boxes, scores, classes = found.boxes, found.scores, found.classes
     tracks = run.tracker.update(boxes, scores, classes)
-    ids = match_tracks(boxes, classes, tracks)
+    ids = track_ids_of(len(boxes), tracks)
     record: dict[str, Any] = {
         "source": run.source.name,
         "frame": frame.index,
@@ -234,11 +419,13 @@ def _write_frame(run: SourceRun, frame: Any, found: Any, class_names: list[str],
         record["zones"] = _counts_by_name(run.counter.update(tracks), class_names)
     run.jsonl.write(json.dumps(record) + "\n")
     run.jsonl.flush()
+    if run.video_path is None and not draw:
+        return None, len(tracks)
 
     image = frame.image
-    if run.video is None:
-        height, width = image.shape[:2]
-        run.size = (width, height)
+    if run.size is None:
+        run.size = (image.shape[1], image.shape[0])
+    if run.video is None and run.video_path is not None:
         run.video = cv2.VideoWriter(
             str(run.video_path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), run.source.fps,
             run.size,
@@ -249,8 +436,9 @@ def _write_frame(run: SourceRun, frame: Any, found: Any, class_names: list[str],
         scale = np.array([run.size[0] / image.shape[1], run.size[1] / image.shape[0]] * 2)
         image, boxes = cv2.resize(image, run.size), boxes * scale
     drawn = annotate(image, boxes, scores, classes, ids, run.trails, class_names, zones)
-    run.video.write(drawn)
-    return len(boxes)
+    if run.video is not None:
+        run.video.write(drawn)
+    return drawn, len(tracks)
 
 
 class _Stopper:
@@ -284,9 +472,7 @@ def unique_names(names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detector.cli.predict import model_detector
-    from detector.core.tracking import ByteTracker, ZoneCounter
-    from serve.runtime.sources import SourceError, expand_sources, make_source
+    from serve.runtime.sources import expand_sources
 
     model_path = Path(args.model)
     if not model_path.is_file():
@@ -298,6 +484,23 @@ def run(args: argparse.Namespace) -> int:
     specs = expand_sources(args.source)
     if not specs:
         raise FileNotFoundError(f"no sources in {' '.join(args.source)}")
+    names = unique_names([spec.name for spec in specs])
+    live = start_live_outputs(args, names)  # before the model: a port in use fails at once
+    try:
+        return _run(args, specs, names, tracker_config, fixed_rate, zones, live)
+    finally:
+        live.close()
+
+
+def _run(
+    args: argparse.Namespace, specs: list, names: list[str], tracker_config: Any,
+    fixed_rate: bool, zones: tuple[list, list, str] | None, live: LiveOutputs,
+) -> int:  # fmt: skip
+    """Load the model, open the sources, track until they end or the run is stopped, close
+    everything; the exit status."""
+    from detector.cli.predict import model_detector
+    from detector.core.tracking import ByteTracker, ZoneCounter
+    from serve.runtime.sources import SourceError, make_source
 
     args.classes, args.arch = None, None  # what predict's model_detector also reads
     args.batch = args.batch or len(specs)
@@ -305,7 +508,6 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    names = unique_names([spec.name for spec in specs])
     sources = [make_source(s, n, args.open_timeout) for s, n in zip(specs, names)]
     runs: list[SourceRun] = []
     failed = 0
@@ -315,6 +517,7 @@ def run(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGTERM, stopper), signal.signal(signal.SIGINT, stopper)
     try:
         for source in sources:
+            live.watch(source)
             source.start()  # live sources open side by side
         for source in sources:
             try:
@@ -322,22 +525,24 @@ def run(args: argparse.Namespace) -> int:
             except SourceError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 source.close()
+                live.ended(source.name)
                 failed += 1
                 continue
             config = tracker_config
             if not fixed_rate:
                 config = dataclasses.replace(config, frame_rate=source.fps)
             counter = ZoneCounter(zones[0], zones[1], zones[2]) if zones else None
-            jsonl = (out_dir / f"{source.name}.jsonl").open("w")
-            runs.append(SourceRun(source, ByteTracker(config), counter, jsonl,
-                                  out_dir / f"{source.name}.mp4"))  # fmt: skip
-        _track(runs, detect, batch, class_names, zones, args.progress_every, stopper)
+            jsonl = (out_dir / f"{source.name}.jsonl").open("a" if args.append else "w")
+            video = None if args.no_video else out_dir / f"{source.name}.mp4"
+            runs.append(SourceRun(source, ByteTracker(config), counter, jsonl, video))
+        _track(runs, detect, batch, class_names, zones, args.progress_every, stopper, live)
     finally:
         if in_main:  # a second signal must not cut the closing short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         for source_run in runs:
             source_run.close()
+            live.ended(source_run.source.name)
         for source in sources:
             source.close()
         close_model()
@@ -350,24 +555,24 @@ def run(args: argparse.Namespace) -> int:
             f", {n} {what}" for n, what in ((stats.dropped, "dropped"),
             (stats.decode_errors, "undecodable"), (stats.reconnects, "reconnects")) if n
         )  # fmt: skip
-        video = source_run.video_path
-        print(f"{source_run.source.spec}: {stats.frames} frames{extra} -> "
-              f"{video.with_suffix('.jsonl')}, {video}")  # fmt: skip
+        written = ", ".join(str(p) for p in (source_run.jsonl.name, source_run.video_path) if p)
+        print(f"{source_run.source.spec}: {stats.frames} frames{extra} -> {written}")
     return 1 if failed else 0
 
 
 def _track(
     runs: list[SourceRun], detect: Any, batch: int, class_names: list[str],
     zones: tuple[list, list, str] | None, progress_every: int, stopper: _Stopper,
+    live: LiveOutputs,
 ) -> None:  # fmt: skip
     """Read, detect (one network run per step, up to ``batch`` frames), track and write until
-    every source has ended."""
+    every source has ended (or ``q`` is pressed in a ``--show`` window)."""
     frames_done = 0
     next_report = progress_every
     started = time.monotonic()
     active = list(runs)
     while active:
-        step: list[tuple[SourceRun, Any]] = []
+        step: list[tuple[SourceRun, Any, float]] = []  # (source, frame, capture time)
         takers = list(active)
         while len(step) < batch and takers:
             for source_run in list(takers):
@@ -376,20 +581,28 @@ def _track(
                 frame = source_run.source.read()
                 if frame is None:
                     source_run.done = True
+                    live.ended(source_run.source.name)
                     takers.remove(source_run)
                     continue
-                step.append((source_run, frame))
+                # a live frame's timestamp is its arrival (wall clock); a file's, its position
+                live_frame = source_run.source.live and frame.timestamp is not None
+                step.append((source_run, frame, frame.timestamp if live_frame else time.time()))
                 if source_run.source.live:
                     takers.remove(source_run)  # only its newest frame in a step
         active = [r for r in active if not r.done]
         if not step:
             break
-        found = detect_step(detect, [frame.image for _, frame in step])
+        found = detect_step(detect, [frame.image for _, frame, _ in step])
         stopper.writing = True  # a step's frames are written together
-        for (source_run, frame), result in zip(step, found):
-            _write_frame(source_run, frame, result, class_names, zones)
+        for (source_run, frame, captured), result in zip(step, found):
+            drawn, tracks = _write_frame(source_run, frame, result, class_names, zones,
+                                         live.draws)  # fmt: skip
+            live.frame_done(source_run.source.name, drawn, tracks, time.time() - captured)
         stopper.done_writing()
         frames_done += len(step)
+        if live.windows is not None and live.windows.quit_pressed():
+            print("track: stopped from the window", file=sys.stderr)
+            break
         if progress_every and frames_done >= next_report:
             next_report = frames_done + progress_every
             rate = frames_done / max(time.monotonic() - started, 1e-9)

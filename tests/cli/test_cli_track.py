@@ -103,6 +103,20 @@ def test_track_writes_a_line_per_frame_with_stable_ids(
     assert frame_count(out / "moving.mp4") == 40
 
 
+def test_no_video_and_append_for_a_service(model: Path, video: Path, tmp_path: Path) -> None:
+    """``--no-video`` writes the JSON lines only; ``--append`` adds a second run's lines to the
+    first's instead of rewriting the file (a service that restarts)."""
+    out = tmp_path / "out"
+    argv = ["track", str(video), "--model", str(model), "--out", str(out), "--no-video"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["moving.jsonl"]
+    assert main([*argv, "--append"]) == 0
+    frames = [r["frame"] for r in read_jsonl(out / "moving.jsonl")]
+    assert frames == list(range(40)) * 2
+    assert main(argv) == 0  # without --append: rewritten
+    assert len(read_jsonl(out / "moving.jsonl")) == 40
+
+
 def test_two_sources_run_in_one_batch(
     model: Path, video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

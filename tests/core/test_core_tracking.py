@@ -218,6 +218,38 @@ def test_bytetrack_on_generated_sequence() -> None:
         assert _matched_id(seq[t0], outputs[t0], oid) == _matched_id(seq[t1], outputs[t1], oid)
 
 
+def test_each_track_names_the_detection_it_was_updated_with() -> None:
+    """``Tracks.detection_indices``: on the generated sequence (high and low detections, false
+    positives, occlusions), each reported track's row is a distinct detection of its class, its
+    score is that detection's and its filtered box lies on it; and the row is taken from the
+    input as given, counting boxes the tracker ignores."""
+    seq = make_sequence(seed=1)
+    tracker = ByteTracker()
+    via_low = 0
+    for f in seq:
+        out = tracker.update(f.det_boxes, f.det_scores, f.det_classes)
+        rows = out.detection_indices
+        assert rows.dtype == np.int64 and rows.shape == (len(out),)
+        assert len(set(rows.tolist())) == len(rows)
+        assert np.array_equal(f.det_classes[rows], out.classes)
+        np.testing.assert_allclose(f.det_scores[rows], out.scores)
+        if len(out):
+            iou = box_iou_numpy(out.boxes, f.det_boxes[rows]).diagonal()
+            assert iou.min() > 0.5, iou
+        via_low += int(np.sum(f.det_scores[rows] < TrackerConfig().high_threshold))
+    assert via_low > 10  # the second association (low-score boxes) was exercised
+
+    tracker = ByteTracker()
+    a, b = [100, 100, 150, 200], [400, 100, 450, 200]
+    first = tracker.update(_det(a, b), [0.9, 0.9], [0, 1])
+    ids = dict(zip(first.detection_indices.tolist(), first.track_ids.tolist()))  # row -> id
+    # shuffled, a zero-area box first (ignored) and track a kept by a low-score box
+    moved = tracker.update(_det([5, 5, 5, 9], [402, 101, 452, 201], [101, 99, 151, 199]),
+                           [0.9, 0.9, 0.3], [1, 1, 0])  # fmt: skip
+    by_row = dict(zip(moved.detection_indices.tolist(), moved.track_ids.tolist()))
+    assert by_row == {1: ids[1], 2: ids[0]}
+
+
 def test_class_agnostic_tracking_also_works() -> None:
     seq = make_sequence(seed=3)
     metrics, _ = run_tracker(seq, ByteTracker(TrackerConfig(class_aware=False)))
@@ -369,6 +401,7 @@ def _tracks(boxes: list[list[float]], ids: list[int], classes: list[int]) -> Tra
         scores=np.ones(n, np.float32),
         classes=np.array(classes, dtype=np.int64),
         track_ids=np.array(ids, dtype=np.int64),
+        detection_indices=np.arange(n, dtype=np.int64),
     )
 
 

@@ -113,12 +113,17 @@ class Tracks:
         scores: ``[M]`` float32, the score of each track's detection in this frame.
         classes: ``[M]`` int64 class ids.
         track_ids: ``[M]`` int64 ids, >= 1, unique over the tracker's life.
+        detection_indices: ``[M]`` int64, the row of :meth:`ByteTracker.update`'s input (its
+            ``boxes_xyxy``, ``scores``, ``classes``) that each track was updated with in this
+            frame, so a caller gives each of its detections its track id without matching
+            boxes again; distinct, and a detection not in it has no track.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
     track_ids: np.ndarray
+    detection_indices: np.ndarray
 
     def __len__(self) -> int:
         return len(self.track_ids)
@@ -138,6 +143,7 @@ class _Track:
     cls: int
     start_frame: int
     last_frame: int  # the last frame it matched a detection
+    detection: int  # the input row it was last updated with (born from)
     confirmed: bool = False
     track_id: int = 0  # 0 until confirmed
     state: _State = field(default=_State.TRACKED)
@@ -208,7 +214,9 @@ class ByteTracker:
     @staticmethod
     def _validate(
         boxes_xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The valid detections' ``boxes [K, 4]``, ``scores [K]``, ``classes [K]`` and their
+        rows in the input, ``[K]``."""
         boxes = np.asarray(boxes_xyxy, dtype=np.float64)
         if boxes.size == 0:
             boxes = boxes.reshape(0, 4)
@@ -229,7 +237,7 @@ class ByteTracker:
         classes_a = classes_a.astype(np.int64)
         # a box with no area carries no position to track (and would zero the Kalman noise)
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return boxes[valid], scores_a[valid], classes_a[valid]
+        return boxes[valid], scores_a[valid], classes_a[valid], np.flatnonzero(valid)
 
     # ------------------------------------------------------------------ association
 
@@ -260,19 +268,23 @@ class ByteTracker:
         boxes: np.ndarray,
         scores: np.ndarray,
         classes: np.ndarray,
+        rows: np.ndarray,
     ) -> None:
         """Kalman-update ``tracks[matches[k, 0]]`` with detection ``matches[k, 1]`` of
-        ``boxes [D, 4]`` (xyxy), ``scores [D]`` and ``classes [D]``; ``matches`` is ``[K, 2]``."""
+        ``boxes [D, 4]`` (xyxy), ``scores [D]``, ``classes [D]`` and input ``rows [D]``;
+        ``matches`` is ``[K, 2]``."""
         if len(matches) == 0:
             return
         tracks = [tracks[i] for i in matches[:, 0]]
-        boxes, scores, classes = boxes[matches[:, 1]], scores[matches[:, 1]], classes[matches[:, 1]]
+        d = matches[:, 1]
+        boxes, scores, classes, rows = boxes[d], scores[d], classes[d], rows[d]
         mean = np.stack([t.mean for t in tracks])
         cov = np.stack([t.covariance for t in tracks])
         mean, cov = self.kalman.update(mean, cov, xyxy_to_cxcywh(boxes))
         for i, t in enumerate(tracks):
             t.mean, t.covariance = mean[i], cov[i]
             t.score = float(scores[i])
+            t.detection = int(rows[i])
             if not self.config.class_aware:
                 t.cls = int(classes[i])
             t.last_frame = self.frame_id
@@ -309,21 +321,22 @@ class ByteTracker:
             classes: ``[N]`` integer class ids.
 
         Returns:
-            The confirmed tracks matched in this frame (:class:`Tracks`, ``M <= N`` rows);
-            lost tracks are not reported.
+            The confirmed tracks matched in this frame (:class:`Tracks`, ``M <= N`` rows), each
+            with the input row of its detection (``Tracks.detection_indices``); lost tracks are not
+            reported.
 
         Raises:
             ValueError: on mismatched shapes, NaN or infinite boxes or scores, or non-integer
                 classes. The tracker's state is unchanged then (the frame is not counted).
         """
-        boxes, scores_a, classes_a = self._validate(boxes_xyxy, scores, classes)
+        boxes, scores_a, classes_a, rows = self._validate(boxes_xyxy, scores, classes)
         cfg = self.config
         self.frame_id += 1
 
         high = scores_a >= cfg.high_threshold
         low = (scores_a > cfg.low_threshold) & ~high
-        hb, hs, hc = boxes[high], scores_a[high], classes_a[high]
-        lb, ls, lc = boxes[low], scores_a[low], classes_a[low]
+        hb, hs, hc, hr = boxes[high], scores_a[high], classes_a[high], rows[high]
+        lb, ls, lc, lr = boxes[low], scores_a[low], classes_a[low], rows[low]
 
         confirmed = [t for t in self._tracked if t.confirmed]
         unconfirmed = [t for t in self._tracked if not t.confirmed]
@@ -333,21 +346,21 @@ class ByteTracker:
         # first association: confirmed tracks (tracked and lost) with the high detections
         cost = self._cost(pool, hb, hs, hc, cfg.fuse_score)
         matches, free_tracks, free_high = _assign(cost, cfg.match_threshold)
-        self._apply_matches(pool, matches, hb, hs, hc)
+        self._apply_matches(pool, matches, hb, hs, hc, hr)
 
         # second association: tracks still tracked last frame with the low detections
         remaining = [pool[i] for i in free_tracks if pool[i].state is _State.TRACKED]
         cost = self._cost(remaining, lb, ls, lc, fuse=False)
         matches, still_free, _ = _assign(cost, cfg.low_match_threshold)
-        self._apply_matches(remaining, matches, lb, ls, lc)
+        self._apply_matches(remaining, matches, lb, ls, lc, lr)
         for i in still_free:
             remaining[i].state = _State.LOST
 
         # tracks born last frame with the high detections left over
-        hb, hs, hc = hb[free_high], hs[free_high], hc[free_high]
+        hb, hs, hc, hr = hb[free_high], hs[free_high], hc[free_high], hr[free_high]
         cost = self._cost(unconfirmed, hb, hs, hc, cfg.fuse_score)
         matches, dead, free_high = _assign(cost, cfg.unconfirmed_match_threshold)
-        self._apply_matches(unconfirmed, matches, hb, hs, hc)
+        self._apply_matches(unconfirmed, matches, hb, hs, hc, hr)
         for i in dead:
             unconfirmed[i].state = _State.REMOVED
 
@@ -364,6 +377,7 @@ class ByteTracker:
                     cls=int(hc[j]),
                     start_frame=self.frame_id,
                     last_frame=self.frame_id,
+                    detection=int(hr[j]),
                 )
                 if self.frame_id == 1:
                     self._confirm(track)
@@ -384,6 +398,7 @@ class ByteTracker:
             scores=np.array([t.score for t in shown], dtype=np.float32),
             classes=np.array([t.cls for t in shown], dtype=np.int64),
             track_ids=np.array([t.track_id for t in shown], dtype=np.int64),
+            detection_indices=np.array([t.detection for t in shown], dtype=np.int64),
         )
 
     def _drop_duplicates(
