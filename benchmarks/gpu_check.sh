@@ -7,14 +7,19 @@
 #     bash benchmarks/gpu_wheels.sh            # -> .whl/ (ignored by git; carry it)
 # Then one device call, carrying .whl, with a timeout that leaves room for a rerun:
 #     run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=480)
-# Results come back under $OUT: gpu.txt, pytest_gpu.txt, bench_*.json/.txt, train_cuda.txt.
+# Results come back under $OUT: gpu.txt, pytest_gpu.txt, bench_*.json/.txt,
+# track_streams_*.json/.txt, train_cuda.txt.
 #
 # What it runs:
 #   1. pytest -m gpu plus the CUDA training tests: PyTorch serve backend (float16, CUDA graphs
 #      on/off against float32), trainer on CUDA; the TensorRT tests skip (no TensorRT there).
 #   2. detector bench, torch backend on CUDA: nano@416 and s@640, batch 1 and 32, float32 and
 #      float16, CUDA graphs off and on (the serving backends' GPU measurement), ONNX Runtime CPU beside it.
-#   3. a short CUDA training run of the demo's recipe (time per epoch on the GPU).
+#   3. several live streams through `detector track` (benchmarks/track_streams.py): 8 and 32 MJPEG
+#      streams at 30 fps, one process against one process per stream, nano@416 on the torch
+#      backend (float16, its default on CUDA), then on a TensorRT engine (fp16, batch 1-32) where
+#      TensorRT is installed; that case is skipped, with a line saying so, where it is not.
+#   4. a short CUDA training run of the demo's recipe (time per epoch on the GPU).
 set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
@@ -64,6 +69,29 @@ done
 timeout 120 $PY -m detector bench --model "$models/yolox_nano.onnx" --batch 1,32 --repeats 20 \
     --json "$OUT/bench_nano_ort_cpu.json" 2>&1 | tee "$OUT/bench_nano_ort_cpu.txt"
 
-# 3. the demo's training on the GPU (epoch time; the demo's own steps need the serve wheels)
+# 3. several streams at once on the GPU (about 2 minutes per backend; the stream server, the
+#    JPEG decoding and the separate processes' start-up use the CPU cores)
+streams="--streams 8 32 --seconds 6 --warmup 2 --repeats 1 --md="
+timeout 200 $PY benchmarks/track_streams.py --model "$models/yolox_nano.pt" \
+    --track-args="--device cuda" $streams --json "$OUT/track_streams_torch_fp16.json" 2>&1 \
+    | tee "$OUT/track_streams_torch_fp16.txt"
+# the real TensorRT, not only tensorrt-stubs (a namespace that imports too)
+if $PY -c "from serve.runtime.backends.tensorrt import require_tensorrt; require_tensorrt()" \
+    2>/dev/null; then
+    # an FP16 ONNX, so that TensorRT 10.x (builder flag) and 11.x (the ONNX's own precision) agree
+    { $PY -m detector export onnx --weights "$models/yolox_nano.pt" --dynamic --half --no-verify \
+          --out "$models/yolox_nano_fp16.onnx" \
+      && timeout 150 $PY -m detector export engine --onnx "$models/yolox_nano_fp16.onnx" \
+          --out "$models/yolox_nano_fp16.engine" --precision fp16 --min-batch 1 --opt-batch 32 \
+          --max-batch 32 --no-verify \
+      && timeout 200 $PY benchmarks/track_streams.py --model "$models/yolox_nano_fp16.engine" \
+          $streams --json "$OUT/track_streams_tensorrt_fp16.json"
+    } 2>&1 | tee "$OUT/track_streams_tensorrt_fp16.txt"
+else
+    echo "TensorRT is not installed: the TensorRT multi-stream case is skipped" \
+        | tee "$OUT/track_streams_tensorrt_fp16.txt"
+fi
+
+# 4. the demo's training on the GPU (epoch time; the demo's own steps need the serve wheels)
 timeout 180 $PY -m detector demo --out /tmp/demo_gpu --device cuda 2>&1 | tail -40 \
     | tee "$OUT/demo_cuda.txt"
