@@ -150,8 +150,10 @@ def metrics_counts(url: str) -> dict[str, float]:
         if line.startswith("detector_http_requests_total{") and 'route="/v1/detect"' in line:
             status = line.split('status="')[1].split('"')[0]
             counts[status] = counts.get(status, 0) + float(line.split()[-1])
-        if line.startswith("detector_rejected_total{"):
-            counts[f"rejected {line.split('reason=')[1].split('}')[0]}"] = float(line.split()[-1])
+        if line.startswith("detector_rejected_total{"):  # labels: model, reason, version
+            reason = line.split('reason="')[1].split('"')[0]
+            key = f'rejected "{reason}"'
+            counts[key] = counts.get(key, 0) + float(line.split()[-1])
     return counts
 
 

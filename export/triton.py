@@ -10,10 +10,13 @@ REPO/N/1/                          classes (the serve.routes.v2.io contract: wha
 REPO/N_preprocess/config.pbtxt   Python backend: bytes -> letterboxed images + letterbox info
 REPO/N_preprocess/1/model.py
 REPO/N_model/config.pbtxt        the network: onnxruntime_onnx (model.onnx) or
-REPO/N_model/1/model.onnx          tensorrt_plan (model.plan)
+REPO/N_model/1/model.onnx          tensorrt_plan (model.plan, with its sidecar model.plan.json)
 REPO/N_postprocess/config.pbtxt  Python backend: network outputs -> detections in the
 REPO/N_postprocess/1/model.py      original image's pixels, padded to max_det
 ```
+
+``detector serve --repository REPO`` serves the same folder: the ensemble's name ``N`` with the
+versions of ``N_model`` (:mod:`serve.runtime.repository`), so both servers share one repository.
 
 Both Python models run the same ``model.py`` (a copy of :mod:`export.triton_model`, which
 imports our torch-free pre/post-processing: ``detector.core.preprocess``,
@@ -51,6 +54,7 @@ from serve.runtime.metadata import (
     ModelMetadata,
     read_onnx_metadata,
     read_sidecar,
+    sidecar_path,
 )
 
 logger = logging.getLogger(__name__)
@@ -300,7 +304,10 @@ def write_repository(
             folder = staging / model_name
             (folder / "1").mkdir(parents=True)
             (folder / "config.pbtxt").write_text(config)
-        shutil.copyfile(source.path, staging / repo.model / "1" / source.filename)
+        network = staging / repo.model / "1" / source.filename
+        shutil.copyfile(source.path, network)
+        if source.platform == "tensorrt_plan":  # Triton ignores it; `detector serve` reads it
+            shutil.copyfile(sidecar_path(source.path), sidecar_path(network))
         for model_name in (repo.preprocess, repo.postprocess):
             shutil.copyfile(MODEL_PY, staging / model_name / "1" / "model.py")
         for model_name in repo.model_names:

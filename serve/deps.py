@@ -1,5 +1,6 @@
-"""What the routes of both APIs share: the server state, readiness, API keys, and the one
-builder of a request's prediction parameters (:func:`detect_params`).
+"""What the routes of both APIs share: the server state, readiness, API keys, the model version a
+request runs on (:func:`served_version`), and the one builder of a request's prediction
+parameters (:func:`detect_params`).
 
 The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
 a hand-off per dependency and request for work that never blocks (see BENCHMARKS.md, 'Serving
@@ -8,7 +9,7 @@ throughput against the raw backend').
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from serve.http_middleware import key_problem
 from serve.runtime.predictor import UnknownClassError, resolve_classes
 from serve.settings import ServeSettings
 from serve.state import ServerState
+from serve.versions import Lease, ServedVersion
 
 
 async def server_state(request: Request) -> ServerState:
@@ -30,11 +32,60 @@ async def server_state(request: Request) -> ServerState:
 
 async def ready_state(state: Annotated[ServerState, Depends(server_state)]) -> ServerState:
     """The state of a server that is serving, else 503 ``not_ready`` with ``Retry-After``
-    (not loaded yet, shutting down, or inference failing: :attr:`ServerState.not_serving`)."""
+    (not loaded yet, shutting down, or inference failing: :attr:`ServerState.not_serving`):
+    what readiness reports."""
     problem = state.not_serving
     if problem is not None:
         raise NotReady(problem)
     return state
+
+
+async def started_state(state: Annotated[ServerState, Depends(server_state)]) -> ServerState:
+    """The state of a server that has loaded its models and is not shutting down, else 503
+    ``not_ready`` (whether a model's inference works is its own version's matter:
+    :func:`served_version`)."""
+    problem = state.not_started
+    if problem is not None:
+        raise NotReady(problem)
+    return state
+
+
+def healthy(served: ServedVersion) -> ServedVersion:
+    """``served``, else 503 ``not_ready`` when its inference is failing (its batcher's
+    :attr:`~serve.runtime.batching.DynamicBatcher.health_problem`)."""
+    problem = served.batcher.health_problem
+    if problem is not None:
+        raise NotReady(f"inference is failing: {problem}")
+    return served
+
+
+async def served_version(
+    request: Request, state: Annotated[ServerState, Depends(started_state)]
+) -> AsyncIterator[ServedVersion]:
+    """The model version an inference request runs on: the one the admission middleware leased
+    it when its headers arrived (``scope["state"]["lease"]``), whatever has been loaded since;
+    else the one its path names now (path parameters ``name`` and ``version``; the default
+    model and its default version without them), leased for the request. 404 for an unknown
+    model or version, 503 when its inference is failing."""
+    lease: Lease | None = request.scope.get("state", {}).get("lease")
+    if lease is not None:
+        yield healthy(lease.version)
+        return
+    params = request.path_params
+    lease = state.registry.lease(params.get("name"), params.get("version"))
+    try:
+        yield healthy(lease.version)
+    finally:
+        lease.release()
+
+
+async def named_version(
+    request: Request, state: Annotated[ServerState, Depends(started_state)]
+) -> ServedVersion:
+    """The model version a path names (``name``, and ``version`` when given), for the routes
+    that only describe it (no lease: nothing runs on it). 404 for an unknown one."""
+    params = request.path_params
+    return state.registry.resolve(params.get("name"), params.get("version"))
 
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer API_KEY")
@@ -88,16 +139,18 @@ def default_max_det(settings: ServeSettings) -> int:
     return min(MAX_DET, settings.max_det_limit)
 
 
-def detect_params(state: ServerState, style: ParamStyle, given: Mapping[str, Any]) -> PredictParams:
+def detect_params(
+    state: ServerState, served: ServedVersion, style: ParamStyle, given: Mapping[str, Any]
+) -> PredictParams:
     """A request's thresholds, read and checked, for either API: ``given`` holds the values the
     request gave (``conf``, ``iou``, ``max_det``, ``classes``); one it did not give takes its
     default from :mod:`detector.core.defaults` (``max_det`` at most ``settings.max_det_limit``).
-    ``classes`` (names or ids) are resolved against the model's class names.
+    ``classes`` (names or ids) are resolved against the class names of ``served``, the version
+    the request runs on.
 
     Raises:
         InvalidParameter: naming the parameter as ``style`` does, with its status.
     """
-    assert state.predictor is not None
     conf = style.number("conf", given["conf"], False) if "conf" in given else PREDICT_CONF
     iou = style.number("iou", given["iou"], False) if "iou" in given else PREDICT_IOU
     for name, value in (("conf", conf), ("iou", iou)):
@@ -117,7 +170,7 @@ def detect_params(state: ServerState, style: ParamStyle, given: Mapping[str, Any
         )
     classes = style.classes(given["classes"]) if "classes" in given else None
     try:
-        wanted = resolve_classes(classes, state.predictor.metadata.class_names)
+        wanted = resolve_classes(classes, served.predictor.metadata.class_names)
     except UnknownClassError as exc:
         raise InvalidParameter(f"{style.prefix}classes: {exc}", status=style.status) from exc
     return PredictParams(conf, iou, max_det, wanted)

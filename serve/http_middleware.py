@@ -22,7 +22,9 @@ from pydantic import SecretStr
 
 from serve.errors import error_body
 from serve.http_metrics import Metrics
-from serve.runtime.batching import Reservation, holding
+from serve.http_paths import Target, inference_target, is_control_path
+from serve.runtime.batching import holding
+from serve.versions import Lease, ServedVersion
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -258,16 +260,24 @@ class BodyLimitMiddleware:
 class AdmissionMiddleware:
     """What is decided from a request's headers, before anything of its body is read:
 
-    - **API keys**: with keys configured, an inference request (and a request for one of
+    - **keys**: with API keys configured, an inference request (and a request for one of
       ``keyed_paths``, e.g. ``/metrics`` or the docs when they ask for a key) without a valid
-      key is answered 401 at once, so an unauthenticated client never gets to send a body;
-    - **capacity**: an inference request arriving while the queue is full is refused with 503 +
-      ``Retry-After`` at once (``admit()`` returns the message);
-    - otherwise it gets a place in the queue that it takes only once its whole body has arrived
-      (``admit()`` returns a :class:`~serve.runtime.batching.Reservation` not taken yet; 503 then
-      if the queue filled up meanwhile, ``refuse()`` giving the message): a client that sends its
-      body slowly, or never, holds no place that keyed, fast clients need. ``admit()`` returns
-      ``None`` before the model is loaded (the route answers 503 itself).
+      key is answered 401 at once, so an unauthenticated client never gets to send a body; a
+      repository load or unload call needs one of the ``admin_keys`` instead (401 without a
+      valid one; 403 when none are configured: those calls are off). On ``admin_readable``
+      paths (the repository index) an admin key is accepted in place of an API key;
+    - **the version**: an inference request is bound to the model version its path names
+      (:mod:`serve.http_paths`, the model's default version when it names none) by a lease
+      (``admit(target)``), which it holds until its answer is sent, so a swap never moves it to
+      another version; the route finds the lease in ``scope["state"]["lease"]``. ``admit()``
+      returns ``None`` before the models are loaded and for an unknown model or version (the
+      route answers 503 or 404 itself);
+    - **capacity**: an inference request arriving while its version's queue is full is refused
+      with 503 + ``Retry-After`` at once (``admit()`` returns the message);
+    - otherwise its lease carries a place in the queue that it takes only once its whole body
+      has arrived (a :class:`~serve.runtime.batching.Reservation` not taken yet; 503 then if
+      the queue filled up meanwhile, ``refuse(version)`` giving the message): a client that
+      sends its body slowly, or never, holds no place that keyed, fast clients need.
 
     Once an admitted request's body is in, a watcher waits for its client to disconnect: the
     request's task is then cancelled, so its images still waiting for a decoder are never
@@ -279,56 +289,90 @@ class AdmissionMiddleware:
     deadline. (The queue enforces its bound again on submit for requests without a place.)"""
 
     def __init__(
-        self, app: ASGIApp, paths: tuple[str, ...],
-        admit: Callable[[], Reservation | str | None],
-        refuse: Callable[[], str] | None = None,
+        self, app: ASGIApp,
+        admit: Callable[[Target], Lease | str | None],
+        refuse: Callable[[ServedVersion], str],
         keys: Sequence[SecretStr] = (),
         keyed_paths: frozenset[str] = frozenset(),
+        admin_keys: Sequence[SecretStr] = (),
+        admin_readable: frozenset[str] = frozenset(),
         retry_after_s: int = 1,
     ) -> None:  # fmt: skip
         self.app = app
-        self.paths = paths
         self.admit = admit
-        self.refuse = refuse or (lambda: "the server is at capacity; retry shortly")
+        self.refuse = refuse
         self.keys = list(keys)
         self.keyed_paths = keyed_paths
+        self.admin_keys = list(admin_keys)
+        self.admin_readable = admin_readable
         self.retry_after = str(retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        inference = scope["method"] == "POST" and path in self.paths
-        if self.keys and (inference or path in self.keyed_paths):
-            problem = key_problem(self.keys, given_key(scope))
-            if problem is not None:
-                body = error_body("unauthorized", problem, _request_id(scope), path)
-                await send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
-                return
-        if not inference:
+        path, method = scope["path"], scope["method"]
+        refusal = self._key_refusal(scope, method, path)
+        if refusal is not None:
+            status, code, message, headers = refusal
+            await send_json(send, status, error_body(code, message, _request_id(scope), path),
+                            headers)  # fmt: skip
+            return
+        target = inference_target(method, path)
+        if target is None:
             await self.app(scope, receive, send)
             return
-        outcome = self.admit()
+        outcome = self.admit(target)
         if isinstance(outcome, str):
             await self._overloaded(scope, send, outcome)
         elif outcome is None:
             await self.app(scope, receive, send)
         else:
-            with holding(outcome):
-                await self._admitted(scope, receive, send, outcome)
+            scope.setdefault("state", {})["lease"] = outcome
+            status = 500
+            try:
+                with holding(outcome.reservation):
+                    status = await self._admitted(scope, receive, send, outcome)
+            finally:
+                outcome.release(status)
+
+    def _key_refusal(
+        self, scope: Scope, method: str, path: str
+    ) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
+        """(status, code, message, headers) of a request refused for its keys, or ``None``."""
+        challenge = [(b"www-authenticate", b"Bearer")]
+        if is_control_path(method, path):
+            if not self.admin_keys:
+                return (403, "forbidden", CONTROL_OFF, [])
+            problem = key_problem(self.admin_keys, given_key(scope))
+            if problem is not None:
+                problem = problem.replace("an API key is", "an admin key is").replace(
+                    "the API key is", "the admin key is"
+                )
+                return (401, "unauthorized", problem, challenge)
+            return None
+        if not self.keys or not (path in self.keyed_paths or inference_target(method, path)):
+            return None
+        given = given_key(scope)
+        problem = key_problem(self.keys, given)
+        if problem is None:
+            return None
+        if path in self.admin_readable and self.admin_keys:
+            if key_problem(self.admin_keys, given) is None:
+                return None
+        return (401, "unauthorized", problem, challenge)
 
     async def _overloaded(self, scope: Scope, send: Send, message: str) -> None:
         body = error_body("overloaded", message, _request_id(scope), scope["path"])
         await send_json(send, 503, body, [(b"retry-after", self.retry_after)])
 
-    async def _admitted(
-        self, scope: Scope, receive: Receive, send: Send, reservation: Reservation
-    ) -> None:
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send, lease: Lease) -> int:
         """Run the request: its place is taken when the last of its body arrives, then its
-        client is watched until the answer is sent."""
+        client is watched until the answer is sent; the status it was answered with
+        (:data:`CLIENT_GONE` when its client left first)."""
         task = asyncio.current_task()
         refused = started = finished = gone = False
+        status = 500
         watcher: asyncio.Task[None] | None = None
 
         async def watch() -> None:
@@ -343,7 +387,7 @@ class AdmissionMiddleware:
             nonlocal refused, watcher
             message = await receive()
             if message["type"] == "http.request" and not message.get("more_body", False):
-                if not reservation.acquire():
+                if not lease.reservation.acquire():
                     refused = True
                     raise _QueueFilled
                 if watcher is None:
@@ -351,11 +395,12 @@ class AdmissionMiddleware:
             return message
 
         async def guarded_send(message: Message) -> None:
-            nonlocal started, finished
+            nonlocal started, finished, status
             if refused:
                 return
             if message["type"] == "http.response.start":
                 started = True
+                status = int(message["status"])
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 finished = True  # before sending: the client's side ends with it
             await send(message)
@@ -369,13 +414,22 @@ class AdmissionMiddleware:
                 raise
             task.uncancel()  # our cancellation: the client left, nobody to answer
             scope.setdefault("state", {})["client_gone"] = True
-            return
+            return CLIENT_GONE
         finally:
             finished = True
             if watcher is not None:
                 watcher.cancel()
         if refused and not started:
-            await self._overloaded(scope, send, self.refuse())
+            await self._overloaded(scope, send, self.refuse(lease.version))
+            return 503
+        return status
+
+
+CONTROL_OFF = (
+    "the repository's load and unload calls are off: start the server with --admin-key KEY (or "
+    "DETECTOR_ADMIN_KEYS=KEY) to turn them on, and --model-control-mode explicit; they take "
+    "that key as Authorization: Bearer KEY or X-API-Key: KEY, never an API key"
+)
 
 
 class RequestContextMiddleware:
@@ -386,7 +440,11 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.metrics = metrics
-        self.paths = paths  # fixed paths of the app's routes, for answers given before routing
+        self.paths = paths  # the app's route templates, for answers given before routing
+        self._templates = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(t)) + "$"), t)
+            for t in sorted(paths) if "{" in t
+        ]  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -416,7 +474,7 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None)
             if template is None:  # answered by a middleware (401, 413, 503) before routing
-                template = scope["path"] if scope["path"] in self.paths else "unmatched"
+                template = self._template(scope["path"])
             if scope["state"].get("client_gone") and sent_bytes == 0:
                 status = CLIENT_GONE
             self.metrics.observe_request(template, scope["method"], status, seconds)
@@ -435,6 +493,12 @@ class RequestContextMiddleware:
                     }
                 )
             )
+
+    def _template(self, path: str) -> str:
+        """The route template of a path answered before routing, else ``unmatched``."""
+        if path in self.paths:
+            return path
+        return next((t for pattern, t in self._templates if pattern.match(path)), "unmatched")
 
 
 def _request_id(scope: Scope) -> str | None:

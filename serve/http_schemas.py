@@ -60,6 +60,8 @@ _DETECTION_EXAMPLE: dict[str, Any] = {
         "batch_size": 2,
     },
     "model": "yolox_nano",
+    "model_name": "detector",
+    "model_version": "1",
 }
 
 
@@ -69,6 +71,9 @@ class DetectResponse(ImageResult):
     model_config = ConfigDict(json_schema_extra={"examples": [_DETECTION_EXAMPLE]})
 
     model: str = Field(description="the model's architecture name", examples=["yolox_nano"])
+    model_name: str = Field(description="the name the server serves the model under "
+                            "(/v1/models/{model_name}/detect)", examples=["detector"])  # fmt: skip
+    model_version: str = Field(description="the version of it that answered", examples=["1"])
 
 
 class BatchDetectResponse(BaseModel):
@@ -80,6 +85,8 @@ class BatchDetectResponse(BaseModel):
                 {
                     "results": [{k: v for k, v in _DETECTION_EXAMPLE.items() if k != "model"}],
                     "model": "yolox_nano",
+                    "model_name": "detector",
+                    "model_version": "1",
                     "total_ms": 14.2,
                 }
             ]
@@ -88,11 +95,13 @@ class BatchDetectResponse(BaseModel):
 
     results: list[ImageResult]
     model: str
+    model_name: str
+    model_version: str
     total_ms: float
 
 
 class ModelInfo(BaseModel):
-    """What the server runs."""
+    """One model version the server runs."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -109,6 +118,9 @@ class ModelInfo(BaseModel):
                     "max_batch": 8,
                     "providers": ["CPUExecutionProvider"],
                     "int8_report": None,
+                    "model_name": "detector",
+                    "model_version": "1",
+                    "default_version": True,
                 }
             ]
         }
@@ -127,12 +139,27 @@ class ModelInfo(BaseModel):
     int8_report: dict[str, Any] | None = Field(
         None, description="the INT8 calibration / accuracy report stored by 'export int8'"
     )
+    model_name: str = Field(
+        description="the name the server serves it under: /v1/models/{model_name}/detect, "
+        "/v2/models/{model_name}"
+    )
+    model_version: str = Field(
+        description="this version: /v1/models/{model_name}/versions/{model_version}/detect"
+    )
+    default_version: bool = Field(
+        description="the version a request naming no version runs (the model's highest)"
+    )
 
 
 class ModelsResponse(BaseModel):
-    """``GET /v1/models``."""
+    """``GET /v1/models`` (every model version served; the default model first, each model's
+    versions newest first) and ``GET /v1/models/{name}`` (that model's versions)."""
 
     models: list[ModelInfo]
+    default_model: str | None = Field(
+        None, description="the model /v1/detect runs (none when a repository of several models "
+        "names none: --default-model)"
+    )  # fmt: skip
 
 
 class Status(BaseModel):

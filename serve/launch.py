@@ -52,10 +52,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerProcess:
-    """``detector serve --model MODEL --host HOST --port PORT ARGS...`` as a child process.
+    """``detector serve --model MODEL --host HOST --port PORT ARGS...`` (or ``--repository
+    DIR`` instead of ``--model``) as a child process.
 
     Args:
-        model: the model file to serve.
+        model: the model file to serve (``None`` with ``repository``).
         log: where the server's stderr goes (its log lines, uvicorn's start-up line).
         args: more ``detector serve`` flags.
         access_log: where its stdout goes (the JSON access log); ``None``: into ``log`` too.
@@ -68,6 +69,7 @@ class ServerProcess:
         stop_timeout: seconds :meth:`stop` waits after SIGTERM before SIGKILL.
         cafile: the CA (or self-signed certificate) to trust when the server serves HTTPS
             (``--ssl-certfile``); the scheme is read from uvicorn's start-up line.
+        repository: a model repository folder to serve instead of ``model``.
 
     Use as a context manager (started on entry, stopped on exit even when the body raised), or
     call :meth:`start` and :meth:`stop`.
@@ -75,7 +77,7 @@ class ServerProcess:
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | None,
         log: str | Path,
         args: Sequence[str] = (),
         *,
@@ -87,8 +89,12 @@ class ServerProcess:
         cwd: str | Path | None = None,
         stop_timeout: float = 20.0,
         cafile: str | Path | None = None,
+        repository: str | Path | None = None,
     ) -> None:
-        self.model = Path(model)
+        if (model is None) == (repository is None):
+            raise ValueError("give a model file or a repository folder, not both")
+        self.model = None if model is None else Path(model)
+        self.repository = None if repository is None else Path(repository)
         self.log = Path(log)
         self.args = list(args)
         self.access_log = Path(access_log) if access_log is not None else None
@@ -119,7 +125,9 @@ class ServerProcess:
     def command(self) -> list[str]:
         """The child's command line."""
         port = "0" if self.port is None else str(self.port)
-        serve = ["serve", "--model", str(self.model), "--host", self.host, "--port", port]
+        source = (["--model", str(self.model)] if self.model is not None
+                  else ["--repository", str(self.repository)])  # fmt: skip
+        serve = ["serve", *source, "--host", self.host, "--port", port]
         if self.prelude:
             source = f"{self.prelude}\nimport sys\nfrom detector.cli import main\nsys.exit(main())"
             return [sys.executable, "-c", source, *serve, *self.args]

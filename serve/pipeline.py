@@ -35,6 +35,7 @@ from serve.runtime.errors import ServeError
 from serve.runtime.images import decode_image
 from serve.runtime.predictor import Predictor
 from serve.state import ServerState
+from serve.versions import ServedVersion
 
 T = TypeVar("T")
 JPEG_QUALITY = 90
@@ -113,10 +114,11 @@ def upload_names(uploads: Sequence[Upload]) -> list[str]:
 
 
 async def run_images(
-    state: ServerState, uploads: Sequence[Upload], params: PredictParams,
+    state: ServerState, served: ServedVersion, uploads: Sequence[Upload], params: PredictParams,
     keep_images: bool = False,
 ) -> list[tuple[Prepared, BatchResult]]:  # fmt: skip
-    """Decode, batch, infer and post-process the uploads of one request: per upload, what was
+    """Decode, batch, infer and post-process the uploads of one request on the model version
+    ``served`` (its predictor and its own batcher): per upload, what was
     prepared and its batch result, whose ``finished`` is :func:`finish`'s answer. At most
     ``settings.decode_workers`` images are decoded at once across all requests (the image
     pool's threads), which bounds the memory that decoded images can take (each up to
@@ -131,8 +133,8 @@ async def run_images(
             deadline passed, the batcher stopped.
         ServeError: 500 ``inference_failed``, the network's run raised for its batch.
     """
-    predictor, batcher, settings = state.predictor, state.batcher, state.settings
-    assert predictor is not None and batcher is not None
+    predictor, batcher, settings = served.predictor, served.batcher, state.settings
+    labels = (served.model, served.label)
     deadline = asyncio.get_running_loop().time() + settings.timeout_s
     payloads = [await upload.read() for upload in uploads]
     decodes = [
@@ -145,7 +147,7 @@ async def run_images(
         async with asyncio.timeout_at(deadline):
             prepared = await asyncio.gather(*decodes)
     except TimeoutError as exc:
-        state.metrics.rejected.labels("deadline").inc()
+        state.metrics.reject(*labels, "deadline")
         raise DeadlinePassed(
             f"no answer within the request deadline of {settings.timeout_s:g} s (still decoding)"
         ) from exc
@@ -160,10 +162,10 @@ async def run_images(
             [partial(finish, predictor, item, params) for item in prepared],
         )  # fmt: skip
     except QueueFull as exc:
-        state.metrics.rejected.labels("queue_full").inc()
+        state.metrics.reject(*labels, "queue_full")
         raise Overloaded(f"the server is at capacity ({exc}); retry shortly") from exc
     except DeadlineExceeded as exc:
-        state.metrics.rejected.labels("deadline").inc()
+        state.metrics.reject(*labels, "deadline")
         raise DeadlinePassed(
             f"no answer within the request deadline of {settings.timeout_s:g} s ({exc})"
         ) from exc

@@ -95,7 +95,33 @@ class ServeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    model: Path = Field(description="model file: .onnx, .engine or .pt checkpoint")
+    model: Path | None = Field(
+        None, description="model file: .onnx, .engine or .pt checkpoint (the one-model "
+        "shorthand; or repository)"
+    )  # fmt: skip
+    repository: Path | None = Field(
+        None, description="model repository folder: one folder per model, numbered version "
+        "folders (the layout of 'detector export triton' and NVIDIA Triton); see README.md, "
+        "'Several models: a model repository'"
+    )  # fmt: skip
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        "none", description="as Triton names them: none (every model loaded at start, the "
+        "folder read once), poll (the folder re-read every repository_poll_secs: new and "
+        "changed versions loaded, removed ones unloaded), explicit (load and unload calls, "
+        "POST /v2/repository/models/NAME/load|unload, with an admin key)"
+    )  # fmt: skip
+    repository_poll_secs: float = Field(
+        5.0, gt=0, le=3600, description="seconds between two reads of the repository in "
+        "poll mode; a version file is loaded once it is unchanged across two reads"
+    )  # fmt: skip
+    load_model: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="in explicit mode, the models loaded at start "
+        "('*': all; default none, as in Triton)"
+    )  # fmt: skip
+    default_model: str | None = Field(
+        None, description="the repository model that /v1/detect runs (default: the only model "
+        "of a one-model repository)"
+    )  # fmt: skip
     backend: BackendName | None = Field(
         None, description="inference backend (default: chosen from the model file's suffix)"
     )
@@ -174,6 +200,11 @@ class ServeSettings(BaseSettings):
         default_factory=list,
         description="accepted API keys (Authorization: Bearer KEY or X-API-Key); none = open",
     )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="keys of the repository's load and unload calls, separate from api_keys "
+        "(given the same way: Authorization: Bearer KEY or X-API-Key); none = those calls off",
+    )
     metrics_key_required: bool = Field(
         False, description="/metrics asks for an API key too (needs api_keys)"
     )
@@ -207,7 +238,8 @@ class ServeSettings(BaseSettings):
         "that TensorRT runs in the server, so only for engines from a trusted source"
     )  # fmt: skip
 
-    @field_validator("providers", "cors_origins", "api_keys", mode="before")
+    @field_validator("providers", "cors_origins", "api_keys", "admin_keys", "load_model",
+                     mode="before")  # fmt: skip
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split(value)
@@ -221,6 +253,15 @@ class ServeSettings(BaseSettings):
             )
         if any(not key.get_secret_value() for key in self.api_keys):
             raise ValueError("api_keys: an API key may not be empty")
+        if any(not key.get_secret_value() for key in self.admin_keys):
+            raise ValueError("admin_keys: an admin key may not be empty")
+        inference = {key.get_secret_value() for key in self.api_keys}
+        if any(key.get_secret_value() in inference for key in self.admin_keys):
+            raise ValueError(
+                "--admin-key (DETECTOR_ADMIN_KEYS): an admin key must differ from every API key "
+                "(--api-key, DETECTOR_API_KEYS), so a client's key cannot load or unload models"
+            )
+        self._check_source()
         if not self.api_keys and (self.metrics_key_required or self.docs == "keyed"):
             raise ValueError(
                 "--metrics-key-required / --docs keyed (DETECTOR_METRICS_KEY_REQUIRED / "
@@ -241,6 +282,36 @@ class ServeSettings(BaseSettings):
                 flag, variable = name.replace("_", "-"), f"{ENV_PREFIX}{name.upper()}"
                 raise ValueError(f"--{flag} ({variable}): {path}: no such file")
         return self
+
+    def _check_source(self) -> None:
+        """One model file or one repository, and the repository settings only with one."""
+        if (self.model is None) == (self.repository is None):
+            raise ValueError(
+                "give a model file (--model FILE, DETECTOR_MODEL) or a model repository "
+                "(--repository DIR, DETECTOR_REPOSITORY), not both"
+                if self.model is not None
+                else "no model: give --model FILE (DETECTOR_MODEL) or --repository DIR "
+                "(DETECTOR_REPOSITORY)"
+            )
+        given = self.model_fields_set
+        if self.model is not None:
+            only = sorted(given & {"model_control_mode", "repository_poll_secs", "load_model",
+                                   "default_model"})  # fmt: skip
+            if only:
+                flags = ", ".join(f"--{name.replace('_', '-')}" for name in only)
+                raise ValueError(f"{flags}: for a model repository (--repository DIR), not "
+                                 "--model FILE")  # fmt: skip
+            return
+        if "name" in given:
+            raise ValueError(
+                "--name (DETECTOR_NAME) names the one model of --model FILE; the models of a "
+                "repository are named by their folders"
+            )
+        if self.load_model and self.model_control_mode != "explicit":
+            raise ValueError(
+                f"--load-model (DETECTOR_LOAD_MODEL): for --model-control-mode explicit; in "
+                f"{self.model_control_mode} mode every model of the repository is loaded"
+            )
 
     @property
     def loopback_only(self) -> bool:

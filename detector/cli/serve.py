@@ -1,4 +1,7 @@
-"""``detector serve``: the HTTP server (FastAPI under uvicorn) for a model file of any format.
+"""``detector serve``: the HTTP server (FastAPI under uvicorn) for a model file of any format
+(``--model FILE``), or for a model repository of several models and versions
+(``--repository DIR``, the layout of ``detector export triton`` and NVIDIA Triton) with
+Triton's model control modes (``--model-control-mode none|poll|explicit``).
 
 Flags override ``DETECTOR_*`` environment variables (see ``serve.settings``). Access logs are
 JSON lines on stdout. SIGTERM (or Ctrl-C) stops accepting connections, lets the requests in
@@ -25,6 +28,7 @@ SETTINGS_FLAGS = (
     "model", "backend", "device", "threads", "lanes", "max_batch", "max_delay_ms", "queue_size",
     "timeout_s", "max_body_bytes", "max_bodies_bytes", "max_pixels", "max_images",
     "decode_workers", "host", "port", "name", "allow_engine_host_code",
+    "repository", "model_control_mode", "repository_poll_secs", "default_model",
 )  # fmt: skip
 # the flags of the server's protection: limits on clients, health, exposure, TLS
 PROTECTION_FLAGS = (
@@ -38,11 +42,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve a model over HTTP (/v1/detect, /metrics, ...)",
-        description="Serve a model file (.onnx, .engine, .pt) over HTTP with dynamic batching. "
-        "Every flag can also be set as an environment variable DETECTOR_<NAME> (e.g. "
-        "DETECTOR_MAX_BATCH=16, DETECTOR_API_KEYS=key1,key2); flags win.",
+        description="Serve a model file (.onnx, .engine, .pt), or a model repository of several "
+        "models and versions, over HTTP with dynamic batching. Every flag can also be set as an "
+        "environment variable DETECTOR_<NAME> (e.g. DETECTOR_MAX_BATCH=16, "
+        "DETECTOR_API_KEYS=key1,key2); flags win.",
     )
     parser.add_argument("--model", help="model file (or DETECTOR_MODEL)")
+    parser.add_argument("--repository", help="model repository folder, instead of --model: "
+                        "DIR/NAME/VERSION/model.onnx|.plan|.engine|.pt, or what 'detector "
+                        "export triton' writes (or DETECTOR_REPOSITORY)")  # fmt: skip
+    parser.add_argument("--model-control-mode", choices=("none", "poll", "explicit"),
+                        help="none (default): load every model at start; poll: re-read the "
+                        "folder every --repository-poll-secs; explicit: load/unload calls "
+                        "(needs --admin-key)")  # fmt: skip
+    parser.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        help="seconds between reads of the repository in poll mode (default 5)",
+    )
+    parser.add_argument(
+        "--load-model",
+        action="append",
+        dest="load_model",
+        metavar="NAME",
+        help="explicit mode: a model to load at start (repeatable; '*': all)",
+    )
+    parser.add_argument("--default-model", help="the repository model /v1/detect runs "
+                        "(default: the only one)")  # fmt: skip
+    parser.add_argument("--admin-key", action="append", dest="admin_keys", metavar="KEY",
+                        help="key of the repository's load/unload calls, separate from the API "
+                        "keys (repeatable; prefer DETECTOR_ADMIN_KEYS); without one they are "
+                        "off")  # fmt: skip
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
     parser.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"),
@@ -144,7 +174,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         for name in SETTINGS_FLAGS + PROTECTION_FLAGS
         if getattr(args, name) is not None
     }
-    for name in ("providers", "api_keys", "cors_origins"):
+    for name in ("providers", "api_keys", "cors_origins", "admin_keys", "load_model"):
         value = getattr(args, name)
         if value:
             given[name] = value if isinstance(value, list) else value.split(",")
@@ -255,16 +285,21 @@ def run(args: argparse.Namespace) -> int:
     from serve.runtime.predictor import backend_for
     from serve.settings import check_exposure
     from serve.state import load_predictor
+    from serve.versions import startup_load
 
     settings = settings_from_args(args)
     check_exposure(settings)  # a network address without keys is refused before anything loads
-    if not Path(settings.model).is_file():
-        raise FileNotFoundError(f"{settings.model}: no such model file")
-    if settings.backend is None:
-        backend_for(settings.model)  # an unknown suffix is a clear error before starting
-    predictor = load_predictor(settings)  # a bad file is an "error: ..." line, not a traceback
+    loaded: Any
+    if settings.model is not None:
+        if not Path(settings.model).is_file():
+            raise FileNotFoundError(f"{settings.model}: no such model file")
+        if settings.backend is None:
+            backend_for(settings.model)  # an unknown suffix is a clear error before starting
+        loaded = load_predictor(settings)  # a bad file is an "error: ..." line, not a traceback
+    else:
+        loaded = startup_load(settings)  # loaded and checked; in mode none a bad one is an error
     access_log_to_stdout()
-    app = create_app(settings, predictor)
+    app = create_app(settings, loaded)
     if not settings.loopback_only and settings.ssl_certfile is None:
         logging.getLogger(__name__).warning(
             "serving %s over plain HTTP: API keys cross the network in clear text; give "

@@ -327,6 +327,8 @@ def test_readme_examples_run_as_written(fresh_copy: Path) -> None:
             if line in EXCLUDED:
                 continue
             if line.startswith("detector serve "):
+                if server is not None:  # one server at a time: the next example replaces it
+                    server.stop()
                 server = _Server(line, fresh_copy, fresh_copy.parent / "serve.log")
                 v1_lines = _run_clients(server, blocks, fresh_copy)
                 outputs["clients"] = "\n".join(v1_lines)

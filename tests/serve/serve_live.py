@@ -13,15 +13,17 @@ from serve.launch import ServerProcess
 
 
 class LiveServer(ServerProcess):
-    """``python -m detector serve --model MODEL --port 0 --threads 1 FLAGS...``, started and
-    ready (``/readyz``) on construction; its log in ``folder/stderr.log``, its JSON access log
-    in ``folder/stdout.log`` (:meth:`logs`)."""
+    """``python -m detector serve --model MODEL --port 0 --threads 1 FLAGS...`` (``--repository
+    DIR`` with ``repository``), started and ready (``/readyz``) on construction; its log in
+    ``folder/stderr.log``, its JSON access log in ``folder/stdout.log`` (:meth:`logs`)."""
 
-    def __init__(self, model: Path, folder: Path, *flags: str, startup_s: float = 180) -> None:
+    def __init__(self, model: Path | None, folder: Path, *flags: str, startup_s: float = 180,
+                 repository: Path | None = None) -> None:  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         self.stdout_path, self.stderr_path = folder / "stdout.log", folder / "stderr.log"
         super().__init__(model, self.stderr_path, ["--threads", "1", *flags],
-                         access_log=self.stdout_path, stop_timeout=60)  # fmt: skip
+                         access_log=self.stdout_path, stop_timeout=60,
+                         repository=repository)  # fmt: skip
         self.start(ready_timeout=startup_s)
 
     def client(self, timeout: float = 60) -> httpx.Client:

@@ -127,7 +127,7 @@ def test_models_health_readiness_metrics_and_request_ids(client, server):
     text = metrics.text
     assert 'detector_http_requests_total{method="POST",route="/v1/detect",status="200"}' in text
     assert "detector_http_request_duration_seconds_bucket" in text
-    assert "detector_queue_depth 0.0" in text
+    assert 'detector_queue_depth{model="detector",version="1"} 0.0' in text
     count = next(line for line in text.splitlines() if line.startswith("detector_batch_size_count"))
     assert float(count.split()[-1]) >= 2
     assert "detector_inference_seconds_sum" in text

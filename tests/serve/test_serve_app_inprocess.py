@@ -64,7 +64,8 @@ def test_deadline_answers_504(serve_onnx):
         assert response.status_code == 504 and response.json()["error"] == "deadline_exceeded"
         assert "0.2 s" in response.json()["message"]
         metrics = client.get("/metrics").text
-        assert 'detector_rejected_total{reason="deadline"} 1.0' in metrics
+        labels = 'model="detector",reason="deadline",version="1"'
+        assert f"detector_rejected_total{{{labels}}} 1.0" in metrics
 
 
 def test_request_limits(serve_onnx):

@@ -36,9 +36,9 @@ def server(serve_onnx, tmp_path_factory):
 
 def queue_depth(client: httpx.Client) -> float:
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith("detector_queue_depth "):
+        if line.startswith("detector_queue_depth{"):
             return float(line.split()[-1])
-    raise AssertionError("no detector_queue_depth in /metrics")
+    raise AssertionError("no detector_queue_depth{...} in /metrics")
 
 
 def test_overload_answers_503_at_once_and_recovers(server):
@@ -81,7 +81,8 @@ def test_overload_answers_503_at_once_and_recovers(server):
 
     with server.client() as http:  # recovered: a full queue's worth at once all answered
         metrics = http.get("/metrics").text
-        assert 'detector_rejected_total{reason="queue_full"}' in metrics
+        labels = 'model="detector",reason="queue_full",version="1"'
+        assert f"detector_rejected_total{{{labels}}}" in metrics
         counted = [line for line in metrics.splitlines()
                    if line.startswith("detector_http_requests_total{")
                    and 'route="/v1/detect"' in line and 'status="503"' in line]  # fmt: skip

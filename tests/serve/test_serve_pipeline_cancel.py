@@ -47,8 +47,11 @@ def decoded(monkeypatch) -> list[bytes]:
 
 def _state(pool: ThreadPoolExecutor, timeout_s: float) -> SimpleNamespace:
     settings = SimpleNamespace(timeout_s=timeout_s, max_pixels=1_000_000)
-    return SimpleNamespace(predictor=object(), batcher=object(), settings=settings,
-                           metrics=Metrics(), image_pool=pool)  # fmt: skip
+    return SimpleNamespace(settings=settings, metrics=Metrics(), image_pool=pool)
+
+
+VERSION = SimpleNamespace(predictor=object(), batcher=object(), model="m", label="1")
+"""The model version the request runs on (never reached: the request ends while decoding)."""
 
 
 def test_images_waiting_for_a_decoder_are_not_decoded_past_the_deadline(decoded):
@@ -56,16 +59,17 @@ def test_images_waiting_for_a_decoder_are_not_decoded_past_the_deadline(decoded)
         state = _state(pool, timeout_s=0.1)
         uploads = [_Upload(i) for i in range(IMAGES)]
         with pytest.raises(DeadlinePassed):
-            asyncio.run(pipeline.run_images(state, uploads, pipeline.PredictParams()))
+            asyncio.run(pipeline.run_images(state, VERSION, uploads, pipeline.PredictParams()))
         pool.shutdown(wait=True)
     assert decoded == [b"0.png"]  # the one that had started; the other 5 never ran
-    assert state.metrics.rejected.labels("deadline")._value.get() == 1
+    assert state.metrics.rejected.labels("m", "1", "deadline")._value.get() == 1
 
 
 def test_images_waiting_for_a_decoder_are_not_decoded_once_the_client_is_gone(decoded):
     async def client_leaves(state: SimpleNamespace) -> None:
         uploads = [_Upload(i) for i in range(IMAGES)]
-        task = asyncio.ensure_future(pipeline.run_images(state, uploads, pipeline.PredictParams()))
+        request = pipeline.run_images(state, VERSION, uploads, pipeline.PredictParams())
+        task = asyncio.ensure_future(request)
         while not decoded:  # the first decode has started
             await asyncio.sleep(0.01)
         task.cancel()  # what the admission middleware does when the client disconnects
@@ -93,7 +97,7 @@ def test_images_waiting_for_a_decoder_are_not_decoded_after_a_bad_one(monkeypatc
     with ThreadPoolExecutor(1) as pool:
         state = _state(pool, timeout_s=60)
         with pytest.raises(ImageError):
-            asyncio.run(pipeline.run_images(state, [_Upload(i) for i in range(IMAGES)],
+            asyncio.run(pipeline.run_images(state, VERSION, [_Upload(i) for i in range(IMAGES)],
                                             pipeline.PredictParams()))  # fmt: skip
         pool.shutdown(wait=True)
     # the freed worker may take the next image before the event loop sees the failure; the

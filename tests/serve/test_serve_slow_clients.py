@@ -185,7 +185,8 @@ def test_a_full_queue_refuses_from_the_headers(small_queue):
     try:
         with small_queue.client() as http:
             give_up = time.monotonic() + 30
-            while "detector_queue_depth 1.0" not in metrics_text(http):
+            queued = 'detector_queue_depth{model="detector",version="1"} 1.0'
+            while queued not in metrics_text(http):
                 assert time.monotonic() < give_up, "the first request never reached the queue"
                 time.sleep(0.02)
         with connect(small_queue) as sock:  # headers only: refused without the body

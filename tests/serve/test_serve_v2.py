@@ -149,8 +149,11 @@ def test_metadata_and_health_through_tritonclient(address, client):
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert client.post(f"/v2/models/{MODEL}").status_code == 405
     schema = client.get("/openapi.json").json()["paths"]
-    assert {INFER, "/v2", "/v2/health/ready", f"/v2/models/{MODEL}"} <= set(schema)
-    assert "application/json" in schema[INFER]["post"]["requestBody"]["content"]
+    templates = {"/v2/models/{name}/infer", "/v2", "/v2/health/ready", "/v2/models/{name}"}
+    assert templates <= set(schema)
+    infer = schema["/v2/models/{name}/infer"]["post"]
+    assert "application/json" in infer["requestBody"]["content"]
+    assert [p["name"] for p in infer["parameters"]] == ["name"]  # the path's model name
 
 
 def test_json_base64_raw_and_hand_built_binary_requests(client):
@@ -344,7 +347,7 @@ def test_30_mb_bodies_are_refused_and_counted(server, client):
     assert client.post(INFER, **binary_request_kwargs()).status_code == 200
 
     metrics = client.get("/metrics").text
-    route = f'route="/v2/models/{MODEL}/infer"'
+    route = 'route="/v2/models/{name}/infer"'  # the template: one series for every model
     assert f'detector_http_requests_total{{method="POST",{route},status="200"}}' in metrics
     assert f'detector_http_requests_total{{method="POST",{route},status="400"}}' in metrics
     assert f'detector_http_requests_total{{method="POST",{route},status="413"}}' in metrics
@@ -374,7 +377,10 @@ def test_not_ready_and_api_keys_in_process(serve_onnx):
         keyed = client.post("/v2/models/nano/infer", content=content,
                             headers={**headers, "X-API-Key": "k1"})  # fmt: skip
         assert keyed.status_code == 200, keyed.text
-        assert client.get("/v2/models/detector").status_code == 404  # the name is the setting's
+        # the name is the setting's; the key is asked first, so names are not probed without one
+        assert client.get("/v2/models/detector").status_code == 401
+        other = client.get("/v2/models/detector", headers={"X-API-Key": "k1"})
+        assert other.status_code == 404 and "unknown model 'detector'" in other.json()["error"]
 
 
 def test_deadline_504_and_full_queue_503_in_process(serve_onnx):

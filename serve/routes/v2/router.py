@@ -1,27 +1,33 @@
 """The ``/v2`` routes, so a ``tritonclient`` program written against Triton serving the
 repository of ``detector export triton`` works unchanged against this server, and back:
 
-- ``GET /v2``: server metadata (extension ``binary_tensor_data``);
-- ``GET /v2/health/live``, ``GET /v2/health/ready``: 200 with an empty body; not ready (model
-  not loaded and warmed up, or shutting down) is 503 with ``Retry-After``, like ``/readyz``
-  (the spec asks only for a non-200 answer; Triton answers 400);
-- ``GET /v2/models/{name}[/versions/1]``: model metadata: input ``IMAGE`` ``BYTES [-1, 1]``,
-  outputs ``num_dets``/``boxes``/``scores``/``classes`` (:mod:`serve.routes.v2.io`), class names
-  in ``parameters.class_names``;
-- ``GET /v2/models/{name}[/versions/1]/ready``;
-- ``POST /v2/models/{name}[/versions/1]/infer``: JSON, or JSON + binary tensor data
+- ``GET /v2``: server metadata (extensions ``binary_tensor_data``, ``model_repository``,
+  ``model_configuration``);
+- ``GET /v2/health/live``, ``GET /v2/health/ready``: 200 with an empty body; not ready (models
+  not loaded and warmed up, inference failing, or shutting down) is 503 with ``Retry-After``,
+  like ``/readyz`` (the spec asks only for a non-200 answer; Triton answers 400);
+- ``GET /v2/models/{name}[/versions/{version}]``: model metadata: its serving versions, input
+  ``IMAGE`` ``BYTES [-1, 1]``, outputs ``num_dets``/``boxes``/``scores``/``classes``
+  (:mod:`serve.routes.v2.io`), class names in ``parameters.class_names``;
+- ``GET /v2/models/{name}[/versions/{version}]/ready``;
+- ``GET /v2/models/{name}[/versions/{version}]/config``: its configuration in Triton's JSON form
+  (``max_batch_size``, ``version_policy``, the input and outputs);
+- ``POST /v2/models/{name}[/versions/{version}]/infer``: JSON, or JSON + binary tensor data
   (:mod:`serve.routes.v2.protocol`); request ``parameters`` ``conf``, ``iou``, ``max_det``,
-  ``classes``.
+  ``classes``;
+- the repository extension, ``/v2/repository/...``: :mod:`serve.routes.v2.repository`.
 
-``name`` is the setting ``name`` (``detector serve --name``, ``DETECTOR_NAME``), by default
-``detector``, the default ``--name`` of ``detector export triton`` too; the one version is ``1``,
-as in that repository. Any other name or version is 404.
+``name`` is the setting ``name`` (``detector serve --name``, ``DETECTOR_NAME``, by default
+``detector``, the default ``--name`` of ``detector export triton`` too) with one version, ``1``,
+for ``--model FILE``; a repository's model folders and version folders otherwise. A path without
+a version means the model's highest serving version. Any other name or version is 404.
 
 Inference takes the path of ``/v1/detect/batch``: the same body limit (413 while reading),
-API keys, image sniffing and decoding (415/400/413), decode slots, dynamic batcher (503 when the
-queue is full, 504 past the deadline), post-processing and metrics (requests by route template
-and status). Every error answers the protocol's ``{"error": message}``, with our ``code`` and
-``request_id`` beside it (:class:`serve.errors.V2ErrorRoute`).
+API keys, image sniffing and decoding (415/400/413), decode slots, the version's own dynamic
+batcher (503 when its queue is full, 504 past the deadline), post-processing and metrics
+(requests by route template and status; batches by model and version). Every error answers the
+protocol's ``{"error": message}``, with our ``code`` and ``request_id`` beside it
+(:class:`serve.errors.V2ErrorRoute`).
 
 The route functions carry no docstrings: FastAPI would publish them in the OpenAPI schema.
 """
@@ -33,24 +39,26 @@ import math
 from importlib import metadata as package_metadata
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 
 from serve.deps import (
     ParamStyle,
     default_max_det,
     detect_params,
-    ready_state,
+    healthy,
+    named_version,
     require_api_key,
+    served_version,
     server_state,
+    started_state,
 )
 from serve.errors import (
     InvalidParameter,
-    MethodNotAllowed,
-    NotFound,
     NotReady,
     TooManyImages,
     V2ErrorRoute,
 )
+from serve.http_paths import V2_MODEL, V2_VERSION
 from serve.pipeline import run_images
 from serve.routes.v2.io import IMAGE_INPUT, OUTPUT_NAMES, OUTPUT_SPECS, detections_to_tensors
 from serve.routes.v2.protocol import (
@@ -60,12 +68,13 @@ from serve.routes.v2.protocol import (
     inflate,
     parse_infer_request,
 )
+from serve.routes.v2.repository import add_repository_routes
 from serve.routes.v2.schemas import V2Error, V2ModelMetadata, V2ServerMetadata, V2Tensor
 from serve.runtime.predictor import Detections
 from serve.state import ServerState
+from serve.versions import ServedVersion
 
-MODEL_VERSION = "1"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": V2Error, "description": text}
@@ -73,7 +82,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "malformed request (JSON, input name/datatype/shape, binary sizes, parameters); "
         "corrupt, truncated or empty image",
         401: "missing or wrong API key (only when keys are configured)",
-        404: "unknown model name or version",
+        404: "unknown model name or version, or a model not loaded",
         413: "body, image pixel count or image count above the limits",
         415: "not a JPEG, PNG, BMP or WebP image (judged from its bytes)",
         503: "queue full or model not loaded; see Retry-After",
@@ -112,21 +121,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "JSON, or JSON + binary outputs",
     }
 }
-
-# paths under /v2/models that name another model (or the model with a method it does not take)
-_OTHER_MODEL_PATHS = (
-    "/models/{other}",
-    "/models/{other}/ready",
-    "/models/{other}/infer",
-    "/models/{other}/versions/{version}",
-    "/models/{other}/versions/{version}/ready",
-    "/models/{other}/versions/{version}/infer",
-)
-
-
-def infer_paths(name: str) -> tuple[str, ...]:
-    """The inference routes of the model called ``name`` (for admission control)."""
-    return (f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{MODEL_VERSION}/infer")
+_CONFIG_TYPES = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32", "FP32": "TYPE_FP32"}
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -187,13 +182,6 @@ def _tensor_shape(spec: tuple[str | int, ...]) -> list[int]:
     return [-1, *(-1 if d == "K" else int(d) for d in spec)]
 
 
-def _check_version(request: Request) -> None:
-    """The one version, ``1``, when the path names one."""
-    version = request.path_params.get("version", MODEL_VERSION)
-    if version != MODEL_VERSION:
-        raise NotFound(f"unknown model version {version!r}; the one version is {MODEL_VERSION}")
-
-
 def _readiness(state: ServerState) -> Response:
     """200 with an empty body when serving, else 503 ``not_ready`` with ``Retry-After``."""
     problem = state.not_serving
@@ -242,80 +230,113 @@ async def ready(state: Annotated[ServerState, Depends(server_state)]) -> Respons
     return _readiness(state)
 
 
-async def model_ready(
-    request: Request, state: Annotated[ServerState, Depends(server_state)]
-) -> Response:
-    _check_version(request)
-    return _readiness(state)
+async def model_ready(served: Annotated[ServedVersion, Depends(named_version)]) -> Response:
+    healthy(served)
+    return Response(status_code=200)
 
 
 async def model_metadata(
-    request: Request, state: Annotated[ServerState, Depends(ready_state)]
+    state: Annotated[ServerState, Depends(started_state)],
+    served: Annotated[ServedVersion, Depends(named_version)],
 ) -> V2ModelMetadata:
-    _check_version(request)
-    assert state.predictor is not None and state.batcher is not None
-    meta = state.predictor.metadata
+    healthy(served)
+    meta = served.predictor.metadata
     outputs = [
         V2Tensor(name=n, datatype=OUTPUT_SPECS[n][0], shape=_tensor_shape(OUTPUT_SPECS[n][2]))
         for n in OUTPUT_NAMES
     ]
+    record = state.registry.record(served.model)
     return V2ModelMetadata(
-        name=state.settings.name,
-        versions=[MODEL_VERSION],
-        platform=f"detector_{state.predictor.backend.name}",
+        name=served.model,
+        versions=[str(v) for v in record.serving],
+        platform=f"detector_{served.predictor.backend.name}",
         inputs=[V2Tensor(name=IMAGE_INPUT, datatype="BYTES", shape=[-1, 1])],
         outputs=outputs,
         parameters={
             "class_names": json.dumps(list(meta.class_names)),
             "architecture": meta.model_name,
-            "backend": state.predictor.backend.name,
+            "backend": served.predictor.backend.name,
             "precision": meta.precision,
-            "max_batch": state.batcher.max_batch,
+            "max_batch": served.batcher.max_batch,
             "max_det_default": default_max_det(state.settings),
             "max_det_limit": state.settings.max_det_limit,
         },
     )
 
 
-async def infer(request: Request, state: Annotated[ServerState, Depends(ready_state)]) -> Response:
-    _check_version(request)
+async def model_config(
+    state: Annotated[ServerState, Depends(started_state)],
+    served: Annotated[ServedVersion, Depends(named_version)],
+) -> dict[str, Any]:
+    meta = served.predictor.metadata
+    record = state.registry.record(served.model)
+    entry = record.entry
+    policy = entry.config.policy if entry is not None else None
+    outputs = [
+        {"name": n, "data_type": _CONFIG_TYPES[OUTPUT_SPECS[n][0]],
+         "dims": [-1 if d == "K" else int(d) for d in OUTPUT_SPECS[n][2]]}
+        for n in OUTPUT_NAMES
+    ]  # fmt: skip
+    return {
+        "name": served.model,
+        "platform": f"detector_{served.predictor.backend.name}",
+        "backend": served.predictor.backend.name,
+        "max_batch_size": served.batcher.max_batch,
+        "version_policy": (policy.to_json() if policy is not None
+                           else {"latest": {"num_versions": 1}}),
+        "input": [{"name": IMAGE_INPUT, "data_type": "TYPE_STRING", "dims": [1]}],
+        "output": outputs,
+        "parameters": {
+            "class_names": {"string_value": json.dumps(list(meta.class_names))},
+            "architecture": {"string_value": meta.model_name},
+            "precision": {"string_value": meta.precision},
+            "file": {"string_value": served.files.path.name},
+        },
+    }  # fmt: skip
+
+
+async def infer(
+    request: Request,
+    state: Annotated[ServerState, Depends(started_state)],
+    served: Annotated[ServedVersion, Depends(served_version)],
+) -> Response:
     parsed = await _read_infer_request(request, state)
-    params = detect_params(state, V2_PARAMS, parsed.options)
+    params = detect_params(state, served, V2_PARAMS, parsed.options)
     _check_image_count(parsed, state)
     elements = [_Element(data, f"{IMAGE_INPUT}[{i}]") for i, data in enumerate(parsed.images)]
-    finished = await run_images(state, elements, params)
+    finished = await run_images(state, served, elements, params)
     detections = [Detections(*result.finished[1:4]) for _, result in finished]
     tensors = detections_to_tensors(detections, params.max_det)
     content, headers, media_type = encode_infer_response(
-        state.settings.name, MODEL_VERSION, parsed.request_id, tensors, parsed.outputs
+        served.model, served.label, parsed.request_id, tensors, parsed.outputs
     )
     return Response(content, media_type=media_type, headers=headers)
-
-
-async def unknown_model(
-    request: Request, state: Annotated[ServerState, Depends(server_state)]
-) -> Response:
-    name = state.settings.name
-    asked = request.path_params.get("other", "")
-    if asked == name:  # the model's own path with a method it does not take
-        raise MethodNotAllowed(
-            f"{request.method} is not allowed on {request.url.path}",
-            headers={"Allow": "POST" if request.url.path.endswith("/infer") else "GET"},
-        )
-    raise NotFound(f"unknown model {asked!r}; this server serves {name!r} (GET /v2/models/{name})")
 
 
 # ---------------------------------------------------------------------------- the router
 
 
-def _add_model_routes(router: APIRouter, prefix: str) -> None:
-    """Readiness, metadata and inference of the model at ``prefix``."""
-    keyed = [Depends(require_api_key)]
-    router.add_api_route(
-        f"{prefix}/ready", model_ready, methods=["GET"], summary="v2 model readiness"
-    )
+async def _name_param(
+    name: Annotated[str, Path(description="the model's name (its repository folder)")],
+) -> None:
+    """Documents the path parameter ``name`` (the routes read it themselves)."""
+
+
+async def _version_param(
+    version: Annotated[str, Path(description="one of its versions (a version folder)")],
+) -> None:
+    """Documents the path parameter ``version``."""
+
+
+def _add_model_routes(router: APIRouter, prefix: str, described: list[Any]) -> None:
+    """Readiness, metadata, configuration and inference of the model (version) at ``prefix``."""
+    keyed = [Depends(require_api_key), *described]
+    router.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"], dependencies=described,
+                         summary="v2 model readiness")  # fmt: skip
     router.add_api_route(prefix, model_metadata, methods=["GET"], dependencies=keyed,
                          response_model=V2ModelMetadata, summary="v2 model metadata")  # fmt: skip
+    router.add_api_route(f"{prefix}/config", model_config, methods=["GET"], dependencies=keyed,
+                         summary="v2 model configuration (Triton's JSON form)")  # fmt: skip
     router.add_api_route(
         f"{prefix}/infer", infer, methods=["POST"], dependencies=keyed,
         summary="v2 inference: encoded images in, detections out",
@@ -323,8 +344,9 @@ def _add_model_routes(router: APIRouter, prefix: str) -> None:
     )  # fmt: skip
 
 
-def v2_router(name: str) -> APIRouter:
-    """The ``/v2`` routes for the model called ``name``; requests for other names get 404."""
+def v2_router() -> APIRouter:
+    """The ``/v2`` routes: health, the served models by name and version, the repository
+    extension; requests for unknown names or versions get 404."""
     router = APIRouter(prefix="/v2", route_class=V2ErrorRoute, responses=ERRORS, tags=["v2"])
     router.add_api_route("", server_metadata, methods=["GET"], response_model=V2ServerMetadata,
                          summary="v2 server metadata")  # fmt: skip
@@ -332,8 +354,8 @@ def v2_router(name: str) -> APIRouter:
                          summary="v2 liveness: 200, empty body")  # fmt: skip
     router.add_api_route("/health/ready", ready, methods=["GET"],
                          summary="v2 readiness: 200 once loaded and warmed up")  # fmt: skip
-    for prefix in (f"/models/{name}", f"/models/{name}/versions/{{version}}"):
-        _add_model_routes(router, prefix)
-    for path in _OTHER_MODEL_PATHS:
-        router.add_api_route(path, unknown_model, methods=["GET", "POST"], include_in_schema=False)
+    name, version = Depends(_name_param), Depends(_version_param)
+    _add_model_routes(router, V2_MODEL.removeprefix("/v2"), [name])
+    _add_model_routes(router, V2_VERSION.removeprefix("/v2"), [name, version])
+    add_repository_routes(router)
     return router
