@@ -2,8 +2,13 @@
 external fonts), because an edge server is often offline.
 
 The page posts an image to ``/v1/detect`` (with the ``X-API-Key`` header when the user gives a
-key), draws the boxes on a canvas, and filters them by confidence and class in the browser. It
-is served without an API key: it holds no data, and every request it makes to ``/v1`` carries
+key), draws the boxes on a canvas, and filters them by confidence and class in the browser. When
+``GET /v1/models`` lists several model versions (``--repository``), a picker of "name · version"
+entries (the server's default model first selected; ``/?model=NAME&version=V`` selects another)
+sends the image to ``/v1/models/NAME/versions/V/detect`` instead, and the model line and class
+list follow the chosen model; with one model the picker is hidden.
+
+It is served without an API key: it holds no data, and every request it makes to ``/v1`` carries
 the key the user typed. A Content-Security-Policy header lets it load nothing from elsewhere.
 """
 

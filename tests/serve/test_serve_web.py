@@ -2,7 +2,9 @@
 against a real ``detector serve`` process: upload a real image, wait for the boxes, read the drawn
 detections back from the page and compare them with the API's JSON for the same image and
 threshold; the slider and the class boxes filter like the server does; errors are shown; the page
-loads nothing from elsewhere; it works with API keys on."""
+loads nothing from elsewhere; it works with API keys on; against a ``--repository`` of several
+models and versions its picker sends the image to the chosen version and shows that model's
+classes."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_live import LiveServer  # noqa: E402
+from test_serve_repository_layout import tiny_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "data" / "bccd" / "images" / "BloodImage_00000.jpg"  # 640x480, real
@@ -28,6 +31,7 @@ PAGE_FILE = ROOT / "serve" / "web" / "index.html"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLOOR = 0.05  # the page's FLOOR: the highest threshold it sends
 KEY = "web-test-key"
+ADMIN = {"X-API-Key": "web-admin-key"}
 
 
 def _missing() -> str | None:
@@ -84,6 +88,25 @@ def web_onnx(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(web_onnx, tmp_path_factory):
     live = LiveServer(web_onnx, tmp_path_factory.mktemp("web_live"))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def repository_server(tmp_path_factory):
+    """A ``--repository`` server (explicit mode, admin key on) of ``parts`` (bolt, nut; the
+    default model) and ``people`` (person; versions 1 and 2): tiny ONNX models that find one box
+    of class 0 in every image and answer with the name their metadata gives (``people-v2``)."""
+    root = tmp_path_factory.mktemp("web_repository")
+    tiny_onnx(root / "people" / "1" / "model.onnx", "people-v1", ("person",))
+    tiny_onnx(root / "people" / "2" / "model.onnx", "people-v2", ("person",))
+    (root / "people" / "config.pbtxt").write_text('name: "people"\nversion_policy: { all { } }\n')
+    tiny_onnx(root / "parts" / "1" / "model.onnx", "parts-v1", ("bolt", "nut"))
+    live = LiveServer(
+        None, tmp_path_factory.mktemp("web_repository_live"), "--model-control-mode", "explicit",
+        "--load-model", "*", "--default-model", "parts", "--admin-key", ADMIN["X-API-Key"],
+        repository=root,
+    )  # fmt: skip
     yield live
     live.stop()
 
@@ -164,6 +187,22 @@ def wait_done(page) -> None:
     page.wait_for_selector("#status[data-state=done]")
 
 
+def class_names(page) -> list[str]:
+    """The names in the page's class list."""
+    return page.eval_on_selector_all("#classes input", "boxes => boxes.map(b => b.value)")
+
+
+def chosen(page) -> str:
+    """The picker's selected entry as shown ("name · version")."""
+    return page.eval_on_selector("#model", "s => s.selectedOptions[0].textContent")
+
+
+def answered_by(page) -> tuple[str, str, str]:
+    """``model_name``, ``model_version`` and ``model`` of the JSON answer the page shows."""
+    body = json.loads(page.locator("#json").text_content())
+    return body["model_name"], body["model_version"], body["model"]
+
+
 def detect_requests(page) -> int:
     return sum("/v1/detect" in url for url in page.requests)
 
@@ -190,8 +229,8 @@ def test_page_draws_the_same_detections_as_the_api(server, page, tmp_path):
 
     page.goto(server.url + "/")
     page.wait_for_selector("#classes input[type=checkbox]")  # class names from /v1/models
-    names = page.eval_on_selector_all("#classes input", "boxes => boxes.map(b => b.value)")
-    assert names == ["Platelets", "RBC", "WBC"]
+    assert class_names(page) == ["Platelets", "RBC", "WBC"]
+    assert page.locator("#model").is_hidden()  # one model: no picker
     set_slider(page, conf)
     page.set_input_files("#file", IMAGE)
     wait_done(page)
@@ -347,3 +386,52 @@ def test_page_is_package_data():
     from serve.web import page_html
 
     assert page_html() == PAGE_FILE.read_text(encoding="utf-8")
+
+
+@browser_needed
+def test_picker_sends_the_image_to_the_chosen_model_version(repository_server, page):
+    url = repository_server.url
+    page.goto(url + "/")
+    page.wait_for_selector("#model:not([hidden])")
+    options = page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
+    assert options == ["parts · 1", "people · 2", "people · 1"]
+    assert chosen(page) == "parts · 1"  # the server's default model
+    assert class_names(page) == ["bolt", "nut"]
+    assert page.locator("#model-info").text_content().startswith("parts-v1 · ")
+
+    page.set_input_files("#file", IMAGE)
+    wait_done(page)
+    assert answered_by(page) == ("parts", "1", "parts-v1")
+    assert [d["class_name"] for d in drawn(page)] == ["bolt"]
+    page.locator("#classes input[value=bolt]").uncheck()  # class 0 hidden in this model only
+    assert drawn(page) == []
+
+    for label, name, version in [("people · 1", "people", "1"), ("people · 2", "people", "2")]:
+        with page.expect_response(lambda r: "/detect" in r.url) as answer:
+            page.select_option("#model", label=label)
+        assert answer.value.url.startswith(f"{url}/v1/models/{name}/versions/{version}/detect?")
+        wait_done(page)
+        assert answered_by(page) == (name, version, f"{name}-v{version}")
+        assert class_names(page) == ["person"]
+        assert page.locator("#model-info").text_content().startswith(f"{name}-v{version} · ")
+        assert [d["class_name"] for d in drawn(page)] == ["person"]
+
+    # a link can name the version; one unloaded since the list was read is dropped from it
+    page.goto(url + "/?model=people&version=1")
+    page.wait_for_selector("#model:not([hidden])")
+    assert chosen(page) == "people · 1"
+    with repository_server.client() as http:
+        unload = http.post("/v2/repository/models/people/unload", headers=ADMIN)
+    assert unload.status_code == 200, unload.text
+    with page.expect_response(lambda r: "/detect" in r.url and r.status == 200):
+        page.set_input_files("#file", IMAGE)  # 404 for people 1: the list is read again
+    wait_done(page)
+    assert answered_by(page) == ("parts", "1", "parts-v1")
+    assert page.locator("#model").is_hidden()  # one model left
+    assert class_names(page) == ["bolt", "nut"]
+    assert not page.locator("#error").is_visible()
+    assert page.requests and all(u.startswith(url + "/") for u in page.requests)
+    # the browser logs the one 404 itself; the page's script threw nothing
+    assert page.console_errors == [
+        "Failed to load resource: the server responded with a status of 404 (Not Found)"
+    ]
