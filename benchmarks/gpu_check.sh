@@ -8,7 +8,7 @@
 # Then one device call, carrying .whl, with a timeout that leaves room for a rerun:
 #     run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=480)
 # Results come back under $OUT: gpu.txt, pytest_gpu.txt, bench_*.json/.txt,
-# track_streams_*.json/.txt, train_cuda.txt.
+# track_streams_*.json/.txt, train_cuda.txt, serve_swap_*.json/.txt.
 #
 # What it runs:
 #   1. pytest -m gpu plus the CUDA training tests: PyTorch serve backend (float16, CUDA graphs
@@ -20,6 +20,10 @@
 #      backend (float16, its default on CUDA), then on a TensorRT engine (fp16, batch 1-32) where
 #      TensorRT is installed; that case is skipped, with a line saying so, where it is not.
 #   4. a short CUDA training run of the demo's recipe (time per epoch on the GPU).
+#   5. hot swaps under load (benchmarks/serve_swap.py, explicit mode): 20 new versions of nano@416
+#      loaded by load calls while 16 clients post, every answer counted, p99 and RSS before,
+#      during and after; on the torch backend (float16 on CUDA), then on the TensorRT engine of
+#      step 3 where TensorRT is installed (skipped, with a line saying so, where it is not).
 set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
@@ -95,3 +99,17 @@ fi
 # 4. the demo's training on the GPU (epoch time; the demo's own steps need the serve wheels)
 timeout 180 $PY -m detector demo --out /tmp/demo_gpu --device cuda 2>&1 | tail -40 \
     | tee "$OUT/demo_cuda.txt"
+
+# 5. hot swaps under 16 clients on the GPU backends (about 1-2 minutes each): every answer 200?
+swap="--parts swap --modes explicit --swaps 20 --warmup 5 --quiet 10"
+timeout 240 $PY benchmarks/serve_swap.py --model "$models/yolox_nano.pt" $swap \
+    --server-args "--device 0" --out "$OUT/serve_swap_torch_fp16.json" 2>&1 \
+    | tee "$OUT/serve_swap_torch_fp16.txt"
+if [ -f "$models/yolox_nano_fp16.engine" ]; then
+    timeout 240 $PY benchmarks/serve_swap.py --model "$models/yolox_nano_fp16.engine" $swap \
+        --server-args "--device 0" --out "$OUT/serve_swap_tensorrt_fp16.json" \
+        2>&1 | tee "$OUT/serve_swap_tensorrt_fp16.txt"
+else
+    echo "no TensorRT engine (TensorRT is not installed): the TensorRT swap case is skipped" \
+        | tee "$OUT/serve_swap_tensorrt_fp16.txt"
+fi
