@@ -25,6 +25,7 @@ from typing import Any
 from serve.http_metrics import Metrics
 from serve.runtime.batching import DynamicBatcher, Reservation
 from serve.runtime.errors import ServeError
+from serve.runtime.memory import release_free_memory
 from serve.runtime.model_check import ModelCheckError, warm_up
 from serve.runtime.predictor import Predictor, backend_for
 from serve.runtime.repository import (
@@ -289,6 +290,9 @@ class ServedVersion:
         try:
             await self.batcher.stop()
             await asyncio.to_thread(self.predictor.close)
+            # glibc keeps what the model freed in its arenas: without this, resident memory
+            # stays as high as with the model loaded and climbs with each swap
+            await asyncio.to_thread(release_free_memory)
         finally:
             if self.owns_gauges:
                 self.metrics.forget_version(self.model, self.label)
