@@ -1,10 +1,14 @@
 """``detector track``: detect and track objects in image sequences, video files and live streams.
 
 Sources are read through :mod:`serve.runtime.sources` (files every frame in order, live streams
-newest frame only). Each step takes frames from the sources (one from each live source, up to
-``--batch`` in all, round robin) and runs them through one
-:meth:`serve.runtime.predictor.Predictor.predict` call: the serving runtime, so ``track`` finds
-what ``predict`` and ``serve`` find. Each source has its own
+newest frame only). Each step takes frames from the sources (one from each live source that has
+one, up to ``--batch`` in all, round robin) and runs them through one
+:class:`serve.runtime.predictor.Predictor` run (its ``prepare``, ``run`` and ``postprocess``,
+what ``Predictor.predict`` calls): the serving runtime, so ``track`` finds what ``predict`` and
+``serve`` find. A live source is polled, never waited on: one that is quiet or reconnecting is
+passed over while the others go on. Taking and letterboxing the next step, the network run and
+the writing of the step before overlap (:mod:`detector.cli.track_pipeline`). Each source has
+its own
 :class:`~detector.core.tracking.ByteTracker` (and, with ``--zones``, its own
 :class:`~detector.core.tracking.ZoneCounter`).
 
@@ -12,7 +16,8 @@ Per source, ``--out`` gets ``<name>.jsonl`` (one line per frame, flushed as writ
 ``--append`` added to what an earlier run wrote) and ``<name>.mp4`` (annotated: boxes, class,
 score, track id and a short trail; not with ``--no-video``). A source that cannot be opened is
 reported and the others go on; the exit status is 1 when any source failed. Ctrl-C or SIGTERM
-stops the run and closes every file, so each is readable.
+stops the run and closes every file, so each is readable. Either way a line per source on stdout
+sums it up (frames, dropped, undecodable, reconnects).
 
 Live outputs: ``--show`` opens an OpenCV window per source (``q`` or Esc stops the run);
 ``--serve-preview PORT`` serves the annotated frames as MJPEG to a browser, and
@@ -39,6 +44,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from detector.cli.options import add_prediction_options
+from detector.cli.track_pipeline import Model, Pipeline, Step, open_model
 from detector.core.media import VIDEO_FOURCC
 
 TRAIL = 30  # frames of a track's trail drawn on the video
@@ -48,6 +54,8 @@ QUIT_KEYS = (ord("q"), 27)  # keys that stop a run with --show: q and Esc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from serve.runtime.sources import OPEN_TIMEOUT_S
+
     parser = subparsers.add_parser(
         "track",
         help="track objects in videos, image sequences and live streams",
@@ -72,8 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="device of a checkpoint (auto, cpu, cuda)")
     parser.add_argument(
-        "--open-timeout", type=float, default=10.0,
-        help="seconds a live source may take to open before it is given up (default 10)",
+        "--open-timeout", type=float, default=OPEN_TIMEOUT_S,
+        help="seconds a live source may take to open before it is given up "
+        f"(default {OPEN_TIMEOUT_S:g})",
     )  # fmt: skip
     parser.add_argument(
         "--progress-every", type=int, default=PROGRESS_EVERY,
@@ -333,6 +342,7 @@ class SourceRun:
     video: Any = None  # cv2.VideoWriter, opened at the first frame
     size: tuple[int, int] | None = None  # (width, height) of the video
     trails: dict[int, deque] = field(default_factory=dict)
+    written: int = 0  # frames written
     done: bool = False
 
     def close(self) -> None:
@@ -419,6 +429,7 @@ def _write_frame(
         record["zones"] = _counts_by_name(run.counter.update(tracks), class_names)
     run.jsonl.write(json.dumps(record) + "\n")
     run.jsonl.flush()
+    run.written += 1
     if run.video_path is None and not draw:
         return None, len(tracks)
 
@@ -498,13 +509,11 @@ def _run(
 ) -> int:  # fmt: skip
     """Load the model, open the sources, track until they end or the run is stopped, close
     everything; the exit status."""
-    from detector.cli.predict import model_detector
     from detector.core.tracking import ByteTracker, ZoneCounter
     from serve.runtime.sources import SourceError, make_source
 
-    args.classes, args.arch = None, None  # what predict's model_detector also reads
     args.batch = args.batch or len(specs)
-    class_names, detect, close_model, batch = model_detector(args)
+    model = open_model(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -535,7 +544,7 @@ def _run(
             jsonl = (out_dir / f"{source.name}.jsonl").open("a" if args.append else "w")
             video = None if args.no_video else out_dir / f"{source.name}.mp4"
             runs.append(SourceRun(source, ByteTracker(config), counter, jsonl, video))
-        _track(runs, detect, batch, class_names, zones, args.progress_every, stopper, live)
+        _track(runs, model, zones, args.progress_every, stopper, live)
     finally:
         if in_main:  # a second signal must not cut the closing short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -545,10 +554,17 @@ def _run(
             live.ended(source_run.source.name)
         for source in sources:
             source.close()
-        close_model()
+        model.close()
+        print_summary(runs)  # also after Ctrl-C or SIGTERM
         if in_main:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
+    return 1 if failed else 0
+
+
+def print_summary(runs: list[SourceRun]) -> None:
+    """One line per source on stdout: the frames written, what was dropped, undecodable or
+    reconnected, and the files."""
     for source_run in runs:
         stats = source_run.source.stats
         extra = "".join(
@@ -556,68 +572,96 @@ def _run(
             (stats.decode_errors, "undecodable"), (stats.reconnects, "reconnects")) if n
         )  # fmt: skip
         written = ", ".join(str(p) for p in (source_run.jsonl.name, source_run.video_path) if p)
-        print(f"{source_run.source.spec}: {stats.frames} frames{extra} -> {written}")
-    return 1 if failed else 0
+        print(f"{source_run.source.spec}: {source_run.written} frames{extra} -> {written}",
+              flush=True)  # fmt: skip
+
+
+QUIET_WAIT_S = 0.05  # how long a step with no frame waits on a live source before trying again
+
+
+def _take_frames(active: list[SourceRun], batch: int, first: int) -> Step:
+    """One step's frames, ``(source, frame, capture time)``: up to ``batch``, round robin from
+    ``active[first]``. A file gives its next frame on each turn (every frame, in order); a live
+    source at most its newest, without waiting: a live source that is quiet or reconnecting is
+    passed over this step, so it never holds up the others. A source that has ended is marked
+    done and listed in the step's ``ended``."""
+    step = Step([])
+    takers = active[first:] + active[:first]
+    while len(step.frames) < batch and takers:
+        for source_run in list(takers):
+            if len(step.frames) >= batch:
+                break
+            source = source_run.source
+            frame = source.poll(0.0) if source.live else source.read()
+            if frame is None:
+                if not source.live or source.ended:
+                    source_run.done = True
+                    step.ended.append(source_run)
+                takers.remove(source_run)
+                continue
+            # a live frame's timestamp is its arrival (wall clock); a file's, its position
+            live_frame = source.live and frame.timestamp is not None
+            captured = frame.timestamp if live_frame else time.time()
+            step.frames.append((source_run, frame, captured))
+            if source.live:
+                takers.remove(source_run)  # only its newest frame in a step
+    return step
+
+
+class _Steps:
+    """What the collector stage calls for each step: the sources' next frames (see
+    :func:`_take_frames`), ``None`` once every source has ended. When every source left is
+    live and none had a frame, it waits up to :data:`QUIET_WAIT_S` on one of them (taking
+    turns) rather than spin, and returns what it got, perhaps nothing."""
+
+    def __init__(self, runs: list[SourceRun], batch: int) -> None:
+        self.active, self.batch, self.turn = list(runs), batch, 0
+
+    def __call__(self) -> Step | None:
+        if not self.active:
+            return None
+        step = _take_frames(self.active, self.batch, self.turn % len(self.active))
+        self.turn += 1
+        self.active = [r for r in self.active if not r.done]
+        if step.frames or not self.active:
+            return step
+        source_run = self.active[self.turn % len(self.active)]
+        frame = source_run.source.poll(QUIET_WAIT_S)
+        if frame is not None:
+            captured = frame.timestamp if frame.timestamp is not None else time.time()
+            step.frames.append((source_run, frame, captured))
+        return step  # perhaps empty: the collector asks again
 
 
 def _track(
-    runs: list[SourceRun], detect: Any, batch: int, class_names: list[str],
-    zones: tuple[list, list, str] | None, progress_every: int, stopper: _Stopper,
-    live: LiveOutputs,
+    runs: list[SourceRun], model: Model, zones: tuple[list, list, str] | None,
+    progress_every: int, stopper: _Stopper, live: LiveOutputs,
 ) -> None:  # fmt: skip
-    """Read, detect (one network run per step, up to ``batch`` frames), track and write until
-    every source has ended (or ``q`` is pressed in a ``--show`` window)."""
+    """Read, detect (one network run per step, up to ``model.batch`` frames), track and write
+    until every source has ended (or ``q`` is pressed in a ``--show`` window). Reading and
+    letterboxing the next step and the network run go on beside the writing
+    (:class:`~detector.cli.track_pipeline.Pipeline`); frames are tracked and written here, in
+    the order they were taken."""
     frames_done = 0
     next_report = progress_every
     started = time.monotonic()
-    active = list(runs)
-    while active:
-        step: list[tuple[SourceRun, Any, float]] = []  # (source, frame, capture time)
-        takers = list(active)
-        while len(step) < batch and takers:
-            for source_run in list(takers):
-                if len(step) >= batch:
-                    break
-                frame = source_run.source.read()
-                if frame is None:
-                    source_run.done = True
-                    live.ended(source_run.source.name)
-                    takers.remove(source_run)
-                    continue
-                # a live frame's timestamp is its arrival (wall clock); a file's, its position
-                live_frame = source_run.source.live and frame.timestamp is not None
-                step.append((source_run, frame, frame.timestamp if live_frame else time.time()))
-                if source_run.source.live:
-                    takers.remove(source_run)  # only its newest frame in a step
-        active = [r for r in active if not r.done]
-        if not step:
-            break
-        found = detect_step(detect, [frame.image for _, frame, _ in step])
-        stopper.writing = True  # a step's frames are written together
-        for (source_run, frame, captured), result in zip(step, found):
-            drawn, tracks = _write_frame(source_run, frame, result, class_names, zones,
-                                         live.draws)  # fmt: skip
-            live.frame_done(source_run.source.name, drawn, tracks, time.time() - captured)
-        stopper.done_writing()
-        frames_done += len(step)
-        if live.windows is not None and live.windows.quit_pressed():
-            print("track: stopped from the window", file=sys.stderr)
-            break
-        if progress_every and frames_done >= next_report:
-            next_report = frames_done + progress_every
-            rate = frames_done / max(time.monotonic() - started, 1e-9)
-            per_source = ", ".join(f"{r.source.name} {r.source.stats.frames}" for r in runs)
-            print(f"track: {frames_done} frames ({per_source}), {rate:.1f} frames/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
-
-
-@dataclass
-class _Found:
-    boxes: np.ndarray  # [K, 4] xyxy original pixels
-    scores: np.ndarray  # [K]
-    classes: np.ndarray  # [K]
-
-
-def detect_step(detect: Any, images: list[np.ndarray]) -> list[_Found]:
-    """One network run over ``images`` (``[H, W, 3]`` BGR each) -> their detections."""
-    return [_Found(*result) for result in detect(images)]
+    with Pipeline(_Steps(runs, model.batch), model) as steps:
+        for step in steps:
+            stopper.writing = True  # a step's frames are written together
+            for (source_run, frame, captured), result in zip(step.frames, step.found):
+                drawn, tracks = _write_frame(source_run, frame, result, model.class_names,
+                                             zones, live.draws)  # fmt: skip
+                live.frame_done(source_run.source.name, drawn, tracks, time.time() - captured)
+            for source_run in step.ended:
+                live.ended(source_run.source.name)
+            stopper.done_writing()
+            frames_done += len(step.frames)
+            if live.windows is not None and live.windows.quit_pressed():
+                print("track: stopped from the window", file=sys.stderr)
+                break
+            if progress_every and frames_done >= next_report:
+                next_report = frames_done + progress_every
+                rate = frames_done / max(time.monotonic() - started, 1e-9)
+                per_source = ", ".join(f"{r.source.name} {r.written}" for r in runs)
+                print(f"track: {frames_done} frames ({per_source}), {rate:.1f} frames/s",
+                      file=sys.stderr, flush=True)  # fmt: skip

@@ -248,14 +248,15 @@ def test_sigterm_mid_run_leaves_readable_outputs(model: Path, tmp_path: Path) ->
             time.sleep(0.05)
         assert process.poll() is None, process.communicate()
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
+        summary, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
         server.shutdown()
     assert process.returncode == 130, err
     assert "Traceback" not in err
-    for name in (live_jsonl.stem, "long"):
+    for name, spec in ((live_jsonl.stem, url), ("long", str(long_video))):
         records = read_jsonl(out / f"{name}.jsonl")  # every line parses
         assert len(records) >= 1
         assert frame_count(out / f"{name}.mp4") == len(records)
+        assert f"{spec}: {len(records)} frames" in summary  # summed up on SIGTERM too

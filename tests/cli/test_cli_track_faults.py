@@ -9,14 +9,18 @@ against the squares' known paths and the track ids against the squares' identiti
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from io import TextIOBase
 from pathlib import Path
 
 import cv2
@@ -202,3 +206,103 @@ def test_undecodable_frames_are_skipped_counted_and_tracked_over(
     assert [shapes_time(r) for r in records] == good
     assert len(set(track_ids(records, "red"))) == len(set(track_ids(records, "green"))) == 1
     assert frame_count(out / "glitch.mp4") == 18
+
+
+class _Cameras(http.server.BaseHTTPRequestHandler):
+    """Two IP cameras' MJPEG streams of the moving squares at 25 frames/s: ``/good`` for as long
+    as the client reads; ``/flaky`` sends :attr:`FLAKY_FRAMES` frames, then drops the
+    connection (its time in :attr:`dropped_at`) and answers every later request with 503, a
+    camera that is down while the reader keeps reconnecting."""
+
+    FLAKY_FRAMES = 10
+    dropped_at: float | None = None  # time.time() when /flaky dropped
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server name
+        flaky = self.path == "/flaky"
+        if flaky and _Cameras.dropped_at is not None:
+            self.send_error(503)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=cam")
+        self.end_headers()
+        start, t = time.monotonic(), 0
+        try:
+            while not (flaky and t == self.FLAKY_FRAMES):
+                _, jpeg = cv2.imencode(".jpg", shapes_frame(t % 50))
+                self.wfile.write(b"--cam\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                 + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg.tobytes()
+                                 + b"\r\n")  # fmt: skip
+                t += 1
+                time.sleep(max(start + t / 25.0 - time.monotonic(), 0.0))
+        except OSError:  # the reader left
+            return
+        self.wfile.flush()
+        _Cameras.dropped_at = time.time()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _collect(stream: TextIOBase, into: list[str]) -> threading.Thread:
+    """A thread that appends each line of ``stream`` to ``into`` as it comes."""
+    thread = threading.Thread(target=lambda: into.extend(iter(stream.readline, "")), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_camera_that_is_down_does_not_hold_up_a_good_one(model: Path, tmp_path: Path) -> None:
+    """Two live MJPEG cameras in one ``detector track`` process; one drops after 10 frames and
+    is down from then on (503), so its reader keeps reconnecting with backoff before it gives
+    up. The good camera's frames keep being tracked meanwhile: 20 of them after the drop are
+    written before the down one's reader gives up (a loop that waits on the down camera would
+    write none until then). SIGTERM then ends the run, and the summary on stdout still names
+    each source with its frames and the down one's reconnects."""
+    _Cameras.dropped_at = None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Cameras)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "detector", "track", f"{base}/good", f"{base}/flaky", "--model",
+         str(model), "--out", str(out), "--open-timeout", "5", "--progress-every", "0",
+         "--no-video"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    err: list[str] = []
+    reader = _collect(process.stderr, err)
+    port = server.server_address[1]
+    good, flaky = out / f"127.0.0.1_{port}_good.jsonl", out / f"127.0.0.1_{port}_flaky.jsonl"
+    try:
+        wait_for(lambda: _Cameras.dropped_at is not None, process, "the flaky camera to drop")
+
+        def after_drop() -> int:
+            return sum(r["timestamp"] > _Cameras.dropped_at for r in lines(good))
+
+        wait_for(lambda: after_drop() >= 20, process, "20 good frames after the drop")
+        log = "".join(err)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.shutdown()
+        server.server_close()
+    reader.join(10)
+    assert f"{base}/flaky: stream dropped" in log, log  # it was reconnecting meanwhile
+    assert f"{base}/flaky: gave up" not in log, log  # and had not given up
+    assert process.returncode == 130, "".join(err)
+    assert "Traceback" not in "".join(err)
+    records = read_jsonl(good)
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    for record in records:
+        shapes_time(record)  # whole frames, the squares where they are
+    summary = {line.split(": ", 1)[0]: line for line in stdout.splitlines()}
+    assert f"{len(records)} frames" in summary[f"{base}/good"], stdout
+    flaky_frames = len(read_jsonl(flaky))
+    assert 1 <= flaky_frames <= _Cameras.FLAKY_FRAMES
+    reconnects = re.search(r", (\d+) reconnects", summary[f"{base}/flaky"])
+    assert f": {flaky_frames} frames" in summary[f"{base}/flaky"], stdout
+    assert reconnects is not None and int(reconnects.group(1)) >= 1, stdout
