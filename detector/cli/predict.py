@@ -23,13 +23,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from detector.cli.options import add_prediction_options
 from detector.core.defaults import PredictParams
 from detector.core.media import VIDEO_FOURCC
+
+if TYPE_CHECKING:
+    from serve.runtime.predictor import Predictor
 
 CHECKPOINT_BACKEND = "torch"  # the runtime's backend for .pt/.pth checkpoints
 DYNAMIC_BATCH = 8  # default --batch for a dynamic-batch exported model
@@ -198,21 +201,32 @@ def _classes(values: list[str] | None, class_names: Sequence[str]) -> list[int] 
         raise ValueError(f"--classes: {exc}") from exc
 
 
-def model_detector(args: argparse.Namespace):
-    """(class names, detect, close, batch) for any model file through
-    :class:`serve.runtime.predictor.Predictor`; ``detect`` runs a list of images as one batch
-    (split into the model's fixed batch). A checkpoint runs on the PyTorch backend at
-    ``--device`` (``--imgsz`` and ``--arch`` as the checkpoint's overrides), one image at a
-    time unless ``--batch`` says otherwise."""
+def open_predictor(args: argparse.Namespace) -> tuple[Predictor, int]:
+    """The :class:`~serve.runtime.predictor.Predictor` of ``--model`` and the most images to
+    give it at once. ``--backend`` picks the backend (default: by the file's suffix); a
+    checkpoint runs on the PyTorch backend at ``--device`` (``--imgsz`` and, where the command
+    has it, ``--arch`` as the checkpoint's overrides), one image at a time unless ``--batch``
+    says otherwise; other models run ``--batch``, their fixed batch or ``DYNAMIC_BATCH``."""
     from serve.runtime.predictor import Predictor, backend_for
 
+    arch = getattr(args, "arch", None)
     backend = args.backend or backend_for(args.model)
     options = {}
     if backend == CHECKPOINT_BACKEND:
-        options = {"device": args.device, "imgsz": args.imgsz, "model_name": args.arch}
-    elif args.imgsz or args.arch:
-        raise ValueError(f"{args.model}: --imgsz and --arch apply to checkpoints only")
+        options = {"device": args.device, "imgsz": args.imgsz, "model_name": arch}
+    elif args.imgsz or arch:
+        flags = "--imgsz and --arch apply" if hasattr(args, "arch") else "--imgsz applies"
+        raise ValueError(f"{args.model}: {flags} to checkpoints only")
     predictor = Predictor.from_path(args.model, backend=backend, **options)
+    single = 1 if backend == CHECKPOINT_BACKEND else None
+    batch = getattr(args, "batch", None) or predictor.metadata.batch or single or DYNAMIC_BATCH
+    return predictor, batch
+
+
+def model_detector(args: argparse.Namespace):
+    """(class names, detect, close, batch) for any model file (:func:`open_predictor`);
+    ``detect`` runs a list of images as one batch (split into the model's fixed batch)."""
+    predictor, batch = open_predictor(args)
     try:
         class_names = list(predictor.metadata.class_names)
         params = PredictParams(
@@ -221,8 +235,6 @@ def model_detector(args: argparse.Namespace):
     except ValueError:
         predictor.close()
         raise
-    single = 1 if backend == CHECKPOINT_BACKEND else None
-    batch = getattr(args, "batch", None) or predictor.metadata.batch or single or DYNAMIC_BATCH
 
     def detect(images: list[np.ndarray]) -> list[Result]:
         found = predictor.predict(images, params.conf, params.iou, params.max_det, params.classes)

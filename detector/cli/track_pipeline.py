@@ -64,20 +64,11 @@ class Model:
 def open_model(args: argparse.Namespace) -> Model:
     """The model of ``--model`` (``--backend``, ``--device``, ``--imgsz``, ``--conf``,
     ``--iou``, ``--max-det``, ``--batch``), chosen as ``detector predict`` chooses it."""
-    from detector.cli.predict import CHECKPOINT_BACKEND, DYNAMIC_BATCH
+    from detector.cli.predict import open_predictor
     from detector.core.defaults import PredictParams
-    from serve.runtime.predictor import Predictor, backend_for
 
-    backend = args.backend or backend_for(args.model)
-    options = {}
-    if backend == CHECKPOINT_BACKEND:
-        options = {"device": args.device, "imgsz": args.imgsz, "model_name": None}
-    elif args.imgsz:
-        raise ValueError(f"{args.model}: --imgsz applies to checkpoints only")
     params = PredictParams(args.conf, args.iou, args.max_det)  # checked before the model loads
-    predictor = Predictor.from_path(args.model, backend=backend, **options)
-    single = 1 if backend == CHECKPOINT_BACKEND else None
-    batch = args.batch or predictor.metadata.batch or single or DYNAMIC_BATCH
+    predictor, batch = open_predictor(args)
     class_names = list(predictor.metadata.class_names)
     return Model(predictor, params.conf, params.iou, params.max_det, class_names, batch)
 
