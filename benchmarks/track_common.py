@@ -17,6 +17,7 @@ twin of a model, line time stamps and the machine's description.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -258,3 +259,15 @@ def command_line(script: str, argv: list[str]) -> str:
         elif not arg.startswith(tuple(f"{flag}=" for flag in OUTPUT_FLAGS)):
             kept.append(arg)
     return " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, kept)])
+
+
+def write_results(result: dict, json_path: Path, md: str | None, key: str, text: str,
+                  work: Path) -> None:  # fmt: skip
+    """Write ``result`` to ``json_path``, print ``text`` (its markdown), put it in the section
+    ``key`` of ``md`` when one is given (:func:`update_section`), and say where all went."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+    if md:
+        update_section(Path(md), key, text)
+    print(f"wrote {json_path}" + (f" and {md}" if md else "") + f"; files in {work}")

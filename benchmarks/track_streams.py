@@ -58,8 +58,8 @@ from track_common import (  # noqa: E402
     machine,
     make_fifo,
     median,
-    update_section,
     versions,
+    write_results,
     write_shapes_video,
 )
 
@@ -406,13 +406,7 @@ def main() -> int:
         "versions": versions("onnxruntime", "cv2", "numpy"),
     })  # fmt: skip
     result = {"meta": meta, "summary": summarise(runs, args.streams), "runs": runs}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    print(text)
-    if args.md:
-        update_section(Path(args.md), "track_streams", text)
-    print(f"wrote {args.json}" + (f" and {args.md}" if args.md else "") + f"; files in {work}")
+    write_results(result, args.json, args.md, "track_streams", markdown(result), work)
     return 0
 
 

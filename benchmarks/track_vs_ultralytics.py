@@ -72,8 +72,8 @@ from track_common import (  # noqa: E402
     make_fifo,
     median,
     null_onnx,
-    update_section,
     versions,
+    write_results,
     write_shapes_video,
 )
 
@@ -373,13 +373,7 @@ def main() -> int:
                                 peer_versions))},
     })  # fmt: skip
     result = {"meta": meta, "summary": summarise(repeats), "repeats": repeats}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    print(text)
-    if args.md:
-        update_section(Path(args.md), "track_vs_ultralytics", text)
-    print(f"wrote {args.json}" + (f" and {args.md}" if args.md else "") + f"; files in {work}")
+    write_results(result, args.json, args.md, "track_vs_ultralytics", markdown(result), work)
     return 0
 
 
